@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (or update) the project virtual environment in .venv without pulling CUDA wheels.
+#   bash scripts/setup_env.sh          runtime: bundles, converters, MONAI Label server
+#   bash scripts/setup_env.sh --dev    plus pytest and ruff
+# Set VENV=/path to use another location; PYTHON=python3.11 to pick the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+stamp="$VENV/.requirements.sha256"
+want=$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)$([ "${1:-}" = "--dev" ] && echo dev)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[setup_env] $VENV is up to date"
+  exit 0
+fi
+echo "[setup_env] installing requirements into $VENV (a few minutes on a new machine)"
+# torch first, pinned, so nothing later resolves a newer (CUDA) build.
+"${PIP[@]}" "$(grep -E '^torch==' requirements.txt)"
+"${PIP[@]}" -r requirements.txt
+"${PIP[@]}" --no-deps -r requirements-nodeps.txt
+if [ "${1:-}" = "--dev" ]; then
+  "${PIP[@]}" -r requirements-dev.txt
+fi
+"$VENV/bin/python" -c "import torch, monai, monailabel; print('[setup_env] torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
+echo "$want" > "$stamp"
