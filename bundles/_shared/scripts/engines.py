@@ -1,0 +1,66 @@
+"""MONAI engines with mixed precision on both devices: fp16 AMP on CUDA, bf16 autocast on CPU.
+
+MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` hard-code ``torch.autocast("cuda")``; on a CPU their
+``amp=True`` does nothing useful. These subclasses take ``amp`` as in the bundle config and pick the mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.utils import CommonKeys
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
+    """Resolve the ``amp`` key: ``"cuda"`` (fp16 AMP), ``"cpu"`` (bf16 autocast) or ``None`` (fp32).
+
+    ``amp`` may be ``False``, ``True`` (mixed precision where the hardware supports it) or ``"bf16"``
+    (force CPU bf16 autocast even without native instructions).
+    """
+    if not amp:
+        return None
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "cuda"
+    if amp == "bf16" or cpu_supports_bf16():
+        return "cpu"
+    return None
+
+
+class _AutocastMixin:
+    def _setup_amp(self, amp: bool | str, device) -> bool:
+        self.amp_device = amp_mode(amp, device)
+        return self.amp_device == "cuda"
+
+    def _iteration(self, engine, batchdata):
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.amp_device == "cpu" else contextlib.nullcontext()
+        with ctx:
+            out = super()._iteration(engine, batchdata)
+        pred = out.get(CommonKeys.PRED) if isinstance(out, dict) else None
+        if isinstance(pred, torch.Tensor) and pred.dtype != torch.float32:
+            out[CommonKeys.PRED] = pred.float()
+        return out
+
+
+class Trainer(_AutocastMixin, SupervisedTrainer):
+    """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and bf16 autocast on a capable CPU."""
+
+    def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
+        cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
+        super().__init__(*args, amp=cuda_amp, **kwargs)
+
+
+class Evaluator(_AutocastMixin, SupervisedEvaluator):
+    """``SupervisedEvaluator`` with the same ``amp`` semantics as :class:`Trainer`."""
+
+    def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
+        cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
+        super().__init__(*args, amp=cuda_amp, **kwargs)

@@ -1,0 +1,161 @@
+"""Transforms the bundles need that MONAI does not have: channel-count harmonisation and the diffusion filter."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+
+class EnsureChannelsd(MapTransform):
+    """Make a channel-first image have exactly ``channels`` channels.
+
+    Grey (1 channel) is repeated to 3; RGB(A) becomes grey by the mean of the first three channels; an alpha
+    channel is dropped. In-house data often mixes grey and RGB files: this keeps the network input fixed.
+
+    Args:
+        keys: keys of the channel-first images.
+        channels: 1 or 3.
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}: set in_channels in the bundle config.")
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            c = img.shape[0]
+            if c == self.channels:
+                continue
+            if self.channels == 3 and c == 1:
+                d[key] = img.repeat(3, *([1] * (img.ndim - 1)))
+            elif self.channels == 3 and c == 4:
+                d[key] = img[:3]
+            elif self.channels == 1 and c in (3, 4):
+                d[key] = img[:3].float().mean(0, keepdim=True).to(img.dtype)
+            else:
+                raise ValueError(f"cannot turn an image with {c} channels into {self.channels} (key {key!r}).")
+        return d
+
+
+def diffusion_filter(
+    img: torch.Tensor, iterations: int, step: float = 0.2, kappa: float = 0.1, mode: str = "isotropic"
+):
+    """Smooth a channel-first 2D image by explicit diffusion.
+
+    ``isotropic`` solves the heat equation (equivalent to Gaussian smoothing with sigma = sqrt(2 * step *
+    iterations)); ``perona_malik`` uses the edge-stopping conductance exp(-(|grad| / kappa)^2) and keeps
+    edges. Intensities are assumed scaled to 0..1 (``kappa`` is in those units).
+
+    Args:
+        img: (C, H, W) tensor.
+        iterations: number of explicit steps; 0 returns ``img`` unchanged.
+        step: time step, stable for <= 0.25.
+        kappa: edge threshold for ``perona_malik``.
+        mode: ``isotropic`` or ``perona_malik``.
+    """
+    if iterations <= 0:
+        return img
+    if mode not in ("isotropic", "perona_malik"):
+        raise ValueError(f"diffusion mode must be 'isotropic' or 'perona_malik', got {mode!r}.")
+    if not 0 < step <= 0.25:
+        raise ValueError(f"diffusion step must be in (0, 0.25] for a stable explicit scheme, got {step}.")
+    u = torch.as_tensor(img, dtype=torch.float32).unsqueeze(0)
+    for _ in range(int(iterations)):
+        p = F.pad(u, (1, 1, 1, 1), mode="replicate")
+        grads = [p[..., :-2, 1:-1] - u, p[..., 2:, 1:-1] - u, p[..., 1:-1, :-2] - u, p[..., 1:-1, 2:] - u]
+        if mode == "isotropic":
+            u = u + step * sum(grads)
+        else:
+            u = u + step * sum(torch.exp(-((g / kappa) ** 2)) * g for g in grads)
+    out = u.squeeze(0)
+    return out.to(img.dtype) if torch.is_floating_point(torch.as_tensor(img)) else out
+
+
+class DiffusionFilterd(MapTransform):
+    """Dictionary wrapper of :func:`diffusion_filter` (the TRUS recipe's speckle filter); iterations 0 = off."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        iterations: int = 0,
+        step: float = 0.2,
+        kappa: float = 0.1,
+        mode: str = "isotropic",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.iterations, self.step, self.kappa, self.mode = int(iterations), float(step), float(kappa), mode
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            filtered = diffusion_filter(img, self.iterations, self.step, self.kappa, self.mode)
+            if hasattr(img, "copy_meta_from") and filtered is not img:
+                filtered = img.clone().copy_(filtered) if img.shape == filtered.shape else filtered
+            d[key] = filtered
+        return d
+
+
+def clean_mask(mask: np.ndarray, num_classes: int, keep_largest: bool = False, fill_holes: bool = False) -> np.ndarray:
+    """Post-process a 2D integer label map: keep each label's largest connected component and/or fill its holes.
+
+    Args:
+        mask: (X, Y) integer label map.
+        num_classes: labels are 1..num_classes-1 (0 is background).
+        keep_largest: keep only the largest 8-connected component of each label.
+        fill_holes: fill holes fully enclosed by a label.
+    """
+    if not (keep_largest or fill_holes):
+        return mask
+    out = mask.copy()
+    for value in range(1, int(num_classes)):
+        region = mask == value
+        if not region.any():
+            continue
+        if keep_largest:
+            components, n = ndimage.label(region, structure=np.ones((3, 3)))
+            if n > 1:
+                sizes = ndimage.sum_labels(region, components, index=range(1, n + 1))
+                region = components == (int(np.argmax(sizes)) + 1)
+        if fill_holes:
+            region = ndimage.binary_fill_holes(region)
+        out[(mask == value) & ~region] = 0
+        out[region] = value
+    return out
+
+
+class CleanMaskd(MapTransform):
+    """Dictionary wrapper of :func:`clean_mask` for channel-first (1, X, Y) label maps; both options off = no-op."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        keep_largest: bool = False,
+        fill_holes: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes, self.keep_largest, self.fill_holes = int(num_classes), bool(keep_largest), bool(fill_holes)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if not (self.keep_largest or self.fill_holes):
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            cleaned = clean_mask(np.asarray(img.detach().cpu())[0].astype(np.int64), self.num_classes, self.keep_largest, self.fill_holes)
+            new = torch.as_tensor(cleaned[None], dtype=img.dtype, device=img.device)
+            d[key] = img.clone().copy_(new) if hasattr(img, "meta") else new
+        return d
