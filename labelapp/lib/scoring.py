@@ -1,0 +1,87 @@
+"""Epistemic (MC-dropout) scoring and its active-learning strategy, one pair per served model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from monai.transforms import AsDiscreted, Invertd, SaveImaged
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
+
+from .infer import LesionInferTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LesionEpistemicScoring", "epistemic_key", "epistemic_strategy"]
+
+
+def epistemic_key(model: str) -> str:
+    """Image-info key that holds ``model``'s epistemic score (one per model: studies can be scored by several)."""
+    return f"epistemic_entropy_{model}"
+
+
+class LesionEpistemicScoring(EpistemicScoring):
+    """Score unlabelled images by the entropy of the mean of ``simulation_size`` MC-dropout softmax outputs.
+
+    The scoring network is the bundle's, built with ``dropout`` and run in eval mode with only its dropout layers
+    active; the entropy is computed on softmax probabilities at the network's input size (no ``Invertd``/argmax).
+    Images already scored with the current weights are skipped (MONAI Label's ``epistemic_ts``).
+
+    Args:
+        bundle_path: the bundle folder.
+        model: the model name.
+        overrides: ``--conf bundle_overrides``.
+        dropout: MC-dropout rate.
+        simulation_size: forward passes per image (at least 2).
+        max_samples: score at most this many images per call; 0 for all.
+    """
+
+    def __init__(
+        self,
+        bundle_path: str,
+        model: str,
+        overrides: dict[str, Any] | None = None,
+        dropout: float = 0.2,
+        simulation_size: int = 5,
+        max_samples: int = 0,
+    ) -> None:
+        task = LesionInferTask(
+            bundle_path,
+            model,
+            overrides,
+            mc_dropout=dropout,
+            post_filter=(SaveImaged, Invertd, AsDiscreted),
+            add_post_restore=False,
+            skip_writer=True,
+        )
+        super().__init__(
+            task,
+            max_samples=max_samples,
+            simulation_size=simulation_size,
+            key_output_entropy=epistemic_key(model),
+            key_output_ts=f"epistemic_ts_{model}",
+        )
+        self.model = model
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Score the unlabelled images; returns MONAI Label's summary (``executed``, ``skipped``, ``latency``)."""
+        if self.infer_task.get_path() is None:
+            logger.info(f"EPISTEMIC:: '{self.model}' has no trained weights yet; nothing scored")
+            return {"total": len(datastore.get_unlabeled_images()), "skipped": 0, "executed": 0, "trained": False}
+        # The bundle infer task swaps `scripts` modules on sys.path: one image at a time, not in a thread pool.
+        request = {**request, "max_workers": 1}
+        return super().__call__(request, datastore)
+
+    def run_scoring(self, image_id: str, simulation_size: int, model_ts: int, datastore: Datastore) -> None:
+        """Score one image, skipping it (logged) if it cannot be read, so one bad file does not stop the rest."""
+        try:
+            super().run_scoring(image_id, simulation_size, model_ts, datastore)
+        except (OSError, RuntimeError, ValueError) as e:
+            logger.warning(f"EPISTEMIC:: {image_id} not scored: {e}")
+
+
+def epistemic_strategy(model: str) -> Epistemic:
+    """Active-learning strategy: the unlabelled image with the highest ``model`` epistemic score."""
+    return Epistemic(key=epistemic_key(model), desc=f"Highest MC-dropout entropy of '{model}' first")

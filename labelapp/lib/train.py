@@ -1,0 +1,211 @@
+"""Training task for one bundle: MONAI Label's ``BundleTrainTask`` that publishes the new model atomically.
+
+Differences from ``BundleTrainTask`` (MONAI Label 0.8.5):
+
+- Checkpoints go to a staging folder under the app (``labelapp/model/<name>/``), never straight to the bundle's
+  ``models/model.pt``. When the run ends, the best (key metric) checkpoint, or the final one, is copied next to
+  ``models/model.pt`` and renamed over it (``os.replace``): the served model changes in one step, and a training
+  killed midway (``DELETE /train``) leaves the old model serving. Inference reloads the file when it changes.
+- Training continues from the current ``models/model.pt`` (``pretrained``, MONAI Label's default), loaded into
+  the bundle's network object, ``net`` (falls back to ``network`` for zoo bundles).
+- ``--conf bundle_overrides`` applies to training too (same values as inference).
+- With fewer labels than a validation split needs, the training images are also used for validation (logged), so
+  a checkpoint is still selected and saved.
+- Multi-GPU (``multi_gpu_train.json``, MONAI Label's torchrun path): the merged config is written to the staging
+  folder instead of the bundle's ``configs/``, torchrun is started as ``python -m torch.distributed.run`` of this
+  interpreter, and a failed run raises instead of being reported as finished.
+- ``stats()`` (``/info`` ``train_stats``) reports the last finished run: images used, epochs, published file.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LesionTrainTask"]
+
+FINAL_FILENAME = "model_final.pt"
+STATS_FILENAME = "train_stats.json"
+
+
+class _Constants(BundleConstants):
+    """Bundle key names, with the network object's key taken from the bundle."""
+
+    def __init__(self, network_key: str) -> None:
+        self._network_key = network_key
+
+    def key_network(self) -> str:
+        return self._network_key
+
+
+def _redirect_savers(handlers: Any, save_dir: str) -> list[dict[str, Any]]:
+    """Point every ``CheckpointSaver`` in a handler list at ``save_dir``; return those savers."""
+    savers = [
+        h
+        for h in (handlers if isinstance(handlers, list) else [])
+        if isinstance(h, dict) and str(h.get("_target_", "")).split(".")[-1] == "CheckpointSaver"
+    ]
+    for saver in savers:
+        saver["save_dir"] = save_dir
+    return savers
+
+
+def _atomic_write_json(path: str, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+class LesionTrainTask(BundleTrainTask):
+    """Train one bundle on the datastore's final labels and publish the result atomically.
+
+    Args:
+        path: the bundle folder.
+        name: the model name clients use.
+        conf: the app's ``--conf`` pairs.
+        work_dir: a folder for this model's staging checkpoints and stats (``labelapp/model/<name>``).
+        overrides: config values for every run (``--conf bundle_overrides``).
+    """
+
+    def __init__(
+        self, path: str, name: str, conf: dict[str, str], work_dir: str, overrides: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(path, conf, load_strict=True)
+        self.name = name
+        self.work_dir = work_dir
+        self.overrides = dict(overrides or {})
+        self._staging = ""
+        self._savers: list[dict[str, Any]] = []
+        if self.valid:
+            network_key = "net" if "net" in self.bundle_config.config else "network"
+            self.const = _Constants(network_key)
+        os.makedirs(work_dir, exist_ok=True)
+
+    @property
+    def model_path(self) -> str:
+        """The served weights, ``<bundle>/models/model.pt``."""
+        return os.path.join(self.bundle_path, "models", self.const.model_pytorch())
+
+    def config(self) -> dict[str, Any]:
+        """Train options shown to clients; the result always replaces ``models/model.pt``."""
+        options = super().config()
+        options.pop("model_filename", None)
+        return options
+
+    def stats(self) -> dict[str, Any]:
+        """The last finished run (``{}`` before the first)."""
+        path = os.path.join(self.work_dir, STATS_FILENAME)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def _partition_datalist(self, datalist: list, request: dict, shuffle: bool = False) -> tuple[list, list | None]:
+        if not datalist:
+            raise RuntimeError(f"No final labels in the datastore: save labels before POST /train/{self.name}")
+        train, val = super()._partition_datalist(datalist, request, shuffle=shuffle)
+        if val is not None and not val:
+            logger.warning(f"{len(datalist)} labelled image(s): too few to hold out; validating on the training images")
+            val = list(train)
+        self._datalists = {"train": train, "val": val}
+        return train, val
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        overrides.update(self.overrides)
+        key = self.const.key_train_handlers()
+        train_handlers = copy.deepcopy(overrides.get(key, []))
+        val_handlers = copy.deepcopy(self.bundle_config.get("validate#handlers"))
+        self._savers = _redirect_savers(train_handlers, self._staging) + _redirect_savers(val_handlers, self._staging)
+        if isinstance(val_handlers, list):
+            overrides["validate#handlers"] = val_handlers
+        train_handlers.append(
+            {
+                "_target_": "CheckpointSaver",
+                "save_dir": self._staging,
+                "save_dict": {"model": f"@{self.const.key_network()}"},
+                "save_final": True,
+                "final_filename": FINAL_FILENAME,
+            }
+        )
+        overrides[key] = train_handlers
+        return overrides
+
+    def _best_checkpoint(self) -> str:
+        """The checkpoint to publish: the key-metric one where the bundle saves it, else the final one."""
+        for saver in self._savers:
+            name = saver.get("key_metric_filename")
+            if saver.get("save_key_metric") and name and os.path.exists(os.path.join(self._staging, name)):
+                return os.path.join(self._staging, name)
+        key_metric = sorted(glob.glob(os.path.join(self._staging, "*key_metric*.pt")), key=os.path.getmtime)
+        if key_metric:
+            return key_metric[-1]
+        final = os.path.join(self._staging, FINAL_FILENAME)
+        if os.path.exists(final):
+            return final
+        raise RuntimeError(f"Training of '{self.name}' wrote no checkpoint in {self._staging}; model unchanged")
+
+    def _publish(self, checkpoint: str) -> str:
+        """Replace ``models/model.pt`` with ``checkpoint`` in one rename (same folder, so same file system)."""
+        os.makedirs(os.path.dirname(self.model_path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.model_path), prefix=".publishing-", suffix=".pt")
+        os.close(fd)
+        try:
+            shutil.copyfile(checkpoint, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the served file is an ordinary readable file
+            os.replace(tmp, self.model_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return self.model_path
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Train on the final labels, then publish the new weights; the old model serves until then."""
+        start = time.time()
+        self._staging = tempfile.mkdtemp(dir=self.work_dir, prefix="staging-")
+        try:
+            super().__call__(request, datastore)
+            checkpoint = self._best_checkpoint()
+            published = self._publish(checkpoint)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        stats = {
+            "model": self.name,
+            "published": published,
+            "checkpoint": os.path.basename(checkpoint),
+            "max_epochs": request.get("max_epochs"),
+            "train_images": sorted(os.path.basename(d["image"]) for d in self._datalists["train"]),
+            "val_images": sorted(os.path.basename(d["image"]) for d in self._datalists["val"] or []),
+            "start_ts": int(start),
+            "end_ts": int(time.time()),
+        }
+        _atomic_write_json(os.path.join(self.work_dir, STATS_FILENAME), stats)
+        logger.info(f"Published {published} from {checkpoint}")
+        return stats
+
+    def run_multi_gpu(self, request: dict[str, Any], cmd: list[str], env: dict[str, str]) -> None:
+        """Run MONAI Label's torchrun command with this interpreter, keeping the merged config out of the bundle."""
+        exported = os.path.join(self.bundle_path, "configs", "monailabel_train.json")
+        staged = os.path.join(self._staging, "monailabel_train.json")
+        if os.path.exists(exported):
+            os.replace(exported, staged)
+        cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
+        cmd = [c.replace(exported, staged) for c in cmd]
+        logger.info(f"RUNNING COMMAND:: {cmd}")
+        result = subprocess.run(cmd, env=env, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"Multi-GPU training failed with exit code {result.returncode}; model unchanged")
