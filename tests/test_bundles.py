@@ -1,0 +1,190 @@
+"""Each bundle end to end on tiny synthetic data: train -> evaluate -> infer through ConfigWorkflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+NAMES = ["ph2_melanoma", "brain_tumor", "trus_prostate", "ipmn_histology"]
+SMALL = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _use_bundle(name: str) -> Path:
+    """Make ``import scripts`` resolve to this bundle's package (as MONAI Label does)."""
+    bundle = BUNDLES / name
+    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[mod]
+    if str(bundle) in sys.path:
+        sys.path.remove(str(bundle))
+    sys.path.insert(0, str(bundle))
+    return bundle
+
+
+def _workflow(name: str, configs: list[str], workflow_type: str, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    bundle = _use_bundle(name)
+    wf = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / c) for c in configs],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    return wf
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic dataset per bundle, made by the converters from raw files in each source's format."""
+    from lesiondata.synthetic import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    return {name: make_demo_dataset(name, root / name, n=20, seed=1) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
+    data = demo_data[name]
+    ckpt, out = tmp_path / "models", tmp_path / "eval"
+    common = {"dataset_dir": str(data), "ckpt_dir": str(ckpt), "output_dir": str(out), **SMALL}
+    epochs = 12 if name == "ph2_melanoma" else 3
+    train = _workflow(name, ["train.json"], "train", max_epochs=epochs, **common)
+    train.initialize()
+    assert not train.check_properties()
+    train.run()
+    train.finalize()
+    assert (ckpt / "model.pt").is_file()
+    history = json.loads((ckpt / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+    evaluate = _workflow(name, ["train.json", "evaluate.json"], "eval", **common)
+    evaluate.initialize()
+    assert not evaluate.check_properties()
+    evaluate.run()
+    evaluate.finalize()
+    summary = json.loads((out / "metrics_summary.json").read_text())
+    val_items = [d for d in json.loads((data / "datalist.json").read_text())["training"] if d["fold"] == 0]
+    assert summary["n_images"] == len(val_items)
+    for picture in ("curves.png", "confusion_matrix.png"):
+        assert (out / picture).is_file()
+    if name == "ph2_melanoma":
+        # the easy synthetic lesion is learnt: true Dice at the original size
+        assert summary["classes"]["1"]["dice_nonempty"]["mean"] > 0.8
+
+    images = data / "imagesTr"
+    infer_out = tmp_path / "pred"
+    infer = _workflow(
+        name, ["inference.json"], "infer", input_dir=str(images), output_dir=str(infer_out),
+        ckpt_dir=str(ckpt), dataset_dir=str(data), spatial_size=SMALL["spatial_size"],
+    )
+    infer.initialize()
+    assert not infer.check_properties()
+    infer.run()
+    infer.finalize()
+    for image in sorted(images.iterdir())[:3]:
+        mask = np.asarray(Image.open(infer_out / f"{image.stem}_seg.png"))
+        assert mask.shape == np.asarray(Image.open(image)).shape[:2], "mask must have the original size"
+        assert set(np.unique(mask)) <= set(range(len(json.loads((data / "dataset.json").read_text())["labels"])))
+        findings = json.loads((infer_out / f"{image.stem}_findings.json").read_text())
+        assert findings["image_size"] == list(Image.open(image).size)
+        assert findings["summary"]
+
+
+def _network_summary(name: str, configs: list[str]) -> tuple[str, int]:
+    wf = _workflow(name, configs, "infer" if configs == ["inference.json"] else "train")
+    net = wf.parser.get_parsed_content("network_def")
+    return str(net), sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configs_build_the_same_network(name: str) -> None:
+    reference = _network_summary(name, ["train.json"])
+    for configs in (["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"], ["inference.json"]):
+        assert _network_summary(name, configs) == reference, configs
+
+
+def test_bundles_are_in_sync_with_the_template() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_follows_the_bundle_spec(name: str) -> None:
+    meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+                "authors", "copyright", "network_data_format"):
+        assert key in meta, key
+    fmt = meta["network_data_format"]
+    assert len(fmt["inputs"]["image"]["spatial_shape"]) == 2
+    assert fmt["outputs"]["pred"]["channel_def"]["0"] == "background"
+    for doc in ("docs/README.md", "LICENSE", "configs/logging.conf"):
+        assert (BUNDLES / name / doc).is_file(), doc
+
+
+def test_missing_dataset_dir_is_named_before_training(tmp_path: Path) -> None:
+    from monai.bundle import ConfigWorkflow  # noqa: F401
+
+    missing = tmp_path / "nowhere"
+    wf = _workflow("ph2_melanoma", ["train.json"], "train", dataset_dir=str(missing), ckpt_dir=str(tmp_path / "m"), **SMALL)
+    wf.initialize()
+    with pytest.raises(Exception, match="nowhere"):
+        wf.run()
+    assert not (tmp_path / "m" / "model.pt").exists()
+
+
+def test_empty_datalist_and_unreadable_image_are_named(demo_data, tmp_path: Path) -> None:
+    _use_bundle("ph2_melanoma")
+    from scripts.data import DataListError, load_split
+
+    src = demo_data["ph2_melanoma"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "datalist.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(DataListError, match="empty"):
+        load_split(empty, "train", 0)
+    broken = tmp_path / "broken"
+    (broken / "imagesTr").mkdir(parents=True)
+    items = json.loads((src / "datalist.json").read_text())["training"][:3]
+    for d in items:
+        target = broken / d["image"]
+        target.write_bytes((src / d["image"]).read_bytes())
+        (broken / d["label"]).parent.mkdir(exist_ok=True)
+        (broken / d["label"]).write_bytes((src / d["label"]).read_bytes())
+        d["fold"] = 1
+    (broken / items[0]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (broken / "datalist.json").write_text(json.dumps({"training": items}))
+    with pytest.raises(DataListError, match=Path(items[0]["image"]).name):
+        load_split(broken, "train", 0)
+
+
+def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -> None:
+    bundle = BUNDLES / "ph2_melanoma"
+    configs = f"['{bundle}/configs/train.json','{bundle}/configs/multi_gpu_train.json']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", "-m",
+        "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
+        "--dataset_dir", str(demo_data["ph2_melanoma"]), "--ckpt_dir", str(tmp_path / "models"),
+        "--output_dir", str(tmp_path / "eval"), "--max_epochs", "2", "--spatial_size", "[64,64]",
+        "--num_workers", "0", "--batch_size", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(bundle)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert len(json.loads((tmp_path / "models" / "history.json").read_text())) == 2
+
