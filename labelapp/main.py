@@ -11,7 +11,9 @@ Start (offline, loopback only; see ``labelapp/README.md``)::
   replaces their ``models/model.pt``. Nothing is ever looked up in, or downloaded from, the MONAI model zoo.
 - ``bundle_overrides``: JSON object of config values for every bundle's inference and training, e.g.
   ``'{"spatial_size": [64, 64]}'``.
-- ``epistemic_dropout`` (0.2), ``epistemic_simulation_size`` (5), ``epistemic_max_samples`` (0 = all): scoring.
+- ``epistemic_dropout`` (the bundle's ``dropout``, or 0.2 where it has none), ``epistemic_simulation_size`` (5),
+  ``epistemic_max_samples`` (0 = all): MC-dropout scoring.
+- ``infer_threads`` (1): torch intra-op threads for inference and scoring; ``0`` keeps torch's default (all cores).
 - ``skip_trainers``: ``true`` to serve inference only.
 """
 
@@ -53,9 +55,10 @@ class LesionLabelApp(MONAILabelApp):
         self.bundles = resolve_bundles(app_dir, conf)
         self.overrides = parse_overrides(conf)
         self.model_dir = os.path.join(app_dir, "model")
-        self.epistemic_dropout = float(conf.get("epistemic_dropout", "0.2"))
+        self.epistemic_dropout = float(conf["epistemic_dropout"]) if conf.get("epistemic_dropout") else None
         self.epistemic_simulation_size = int(conf.get("epistemic_simulation_size", "5"))
         self.epistemic_max_samples = int(conf.get("epistemic_max_samples", "0"))
+        self.infer_threads = int(conf.get("infer_threads", "1"))
         logger.info(f"Serving bundles (by path, offline): {self.bundles}; overrides: {self.overrides}")
         super().__init__(
             app_dir=app_dir,
@@ -79,7 +82,16 @@ class LesionLabelApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         """One segmentation task per bundle, named like the bundle."""
-        return {name: LesionInferTask(path, name, self.overrides) for name, path in self.bundles.items()}
+        return {
+            name: LesionInferTask(
+                path, name, self.overrides, output_dir=self._outputs(name), threads=self.infer_threads
+            )
+            for name, path in self.bundles.items()
+        }
+
+    def _outputs(self, name: str) -> str:
+        """Folder for files a bundle's post-transforms write while serving (``labelapp/model/<name>/outputs``)."""
+        return os.path.join(self.model_dir, name, "outputs")
 
     def init_trainers(self) -> dict[str, TrainTask]:
         """One training task per bundle with a ``train.json`` (none with ``--conf skip_trainers true``)."""
@@ -110,6 +122,8 @@ class LesionLabelApp(MONAILabelApp):
                 dropout=self.epistemic_dropout,
                 simulation_size=self.epistemic_simulation_size,
                 max_samples=self.epistemic_max_samples,
+                output_dir=self._outputs(name),
+                threads=self.infer_threads,
             )
             for name, path in self.bundles.items()
         }

@@ -33,7 +33,9 @@ class LesionEpistemicScoring(EpistemicScoring):
         bundle_path: the bundle folder.
         model: the model name.
         overrides: ``--conf bundle_overrides``.
-        dropout: MC-dropout rate.
+        dropout: MC-dropout rate; ``None`` for the bundle's own ``dropout``.
+        output_dir: replaces the bundle's ``output_dir`` (see :class:`LesionInferTask`).
+        threads: torch intra-op threads (see :class:`LesionInferTask`).
         simulation_size: forward passes per image (at least 2).
         max_samples: score at most this many images per call; 0 for all.
     """
@@ -43,18 +45,23 @@ class LesionEpistemicScoring(EpistemicScoring):
         bundle_path: str,
         model: str,
         overrides: dict[str, Any] | None = None,
-        dropout: float = 0.2,
+        dropout: float | None = None,
+        output_dir: str | None = None,
         simulation_size: int = 5,
         max_samples: int = 0,
+        threads: int = 1,
     ) -> None:
         task = LesionInferTask(
             bundle_path,
             model,
             overrides,
-            mc_dropout=dropout,
+            mc_dropout=True,
+            dropout=dropout,
             post_filter=(SaveImaged, Invertd, AsDiscreted),
             add_post_restore=False,
             skip_writer=True,
+            output_dir=output_dir,
+            threads=threads,
         )
         super().__init__(
             task,

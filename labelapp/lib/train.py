@@ -3,9 +3,13 @@
 Differences from ``BundleTrainTask`` (MONAI Label 0.8.5):
 
 - Checkpoints go to a staging folder under the app (``labelapp/model/<name>/``), never straight to the bundle's
-  ``models/model.pt``. When the run ends, the best (key metric) checkpoint, or the final one, is copied next to
-  ``models/model.pt`` and renamed over it (``os.replace``): the served model changes in one step, and a training
-  killed midway (``DELETE /train``) leaves the old model serving. Inference reloads the file when it changes.
+  ``models/model.pt``: the bundle's ``ckpt_dir`` and every ``CheckpointSaver`` point there, and the bundle's
+  ``output_dir`` (TensorBoard) goes to ``labelapp/model/<name>/runs``. When the run ends, the best (key metric)
+  checkpoint, or the final one, is copied next to ``models/model.pt`` and renamed over it (``os.replace``): the
+  served model changes in one step, and a training killed midway (``DELETE /train``) leaves the old model
+  serving. Inference reloads the file when it changes.
+- ``batch_size`` is capped at the number of training images (a bundle with ``drop_last`` would otherwise run no
+  iteration while only a few images are labelled).
 - Training continues from the current ``models/model.pt`` (``pretrained``, MONAI Label's default), loaded into
   the bundle's network object, ``net`` (falls back to ``network`` for zoo bundles).
 - ``--conf bundle_overrides`` applies to training too (same values as inference).
@@ -91,6 +95,7 @@ class LesionTrainTask(BundleTrainTask):
         self.overrides = dict(overrides or {})
         self._staging = ""
         self._savers: list[dict[str, Any]] = []
+        self._datalists: dict[str, list | None] = {"train": [], "val": []}
         if self.valid:
             network_key = "net" if "net" in self.bundle_config.config else "network"
             self.const = _Constants(network_key)
@@ -126,7 +131,17 @@ class LesionTrainTask(BundleTrainTask):
         return train, val
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        config = self.bundle_config.config
+        if "ckpt_dir" in config:
+            overrides["ckpt_dir"] = self._staging
+        if "output_dir" in config:
+            overrides["output_dir"] = os.path.join(self.work_dir, "runs")
         overrides.update(self.overrides)
+        batch_size = overrides.get("batch_size", config.get("batch_size"))
+        n_train = len(self._datalists["train"])
+        if isinstance(batch_size, int) and batch_size > n_train:
+            logger.info(f"batch_size {batch_size} > {n_train} training images: using {n_train}")
+            overrides["batch_size"] = n_train
         key = self.const.key_train_handlers()
         train_handlers = copy.deepcopy(overrides.get(key, []))
         val_handlers = copy.deepcopy(self.bundle_config.get("validate#handlers"))
@@ -146,17 +161,17 @@ class LesionTrainTask(BundleTrainTask):
         return overrides
 
     def _best_checkpoint(self) -> str:
-        """The checkpoint to publish: the key-metric one where the bundle saves it, else the final one."""
-        for saver in self._savers:
-            name = saver.get("key_metric_filename")
-            if saver.get("save_key_metric") and name and os.path.exists(os.path.join(self._staging, name)):
-                return os.path.join(self._staging, name)
-        key_metric = sorted(glob.glob(os.path.join(self._staging, "*key_metric*.pt")), key=os.path.getmtime)
-        if key_metric:
-            return key_metric[-1]
-        final = os.path.join(self._staging, FINAL_FILENAME)
-        if os.path.exists(final):
-            return final
+        """The checkpoint to publish: the bundle's best (key metric) ``model.pt`` where it saved one, else the final."""
+        names = [
+            s["key_metric_filename"] for s in self._savers if s.get("save_key_metric") and s.get("key_metric_filename")
+        ]
+        names.append(self.const.model_pytorch())
+        candidates = [os.path.join(self._staging, n) for n in names]
+        candidates += sorted(glob.glob(os.path.join(self._staging, "*key_metric*.pt")), key=os.path.getmtime)[::-1]
+        candidates.append(os.path.join(self._staging, FINAL_FILENAME))
+        for path in candidates:
+            if os.path.exists(path):
+                return path
         raise RuntimeError(f"Training of '{self.name}' wrote no checkpoint in {self._staging}; model unchanged")
 
     def _publish(self, checkpoint: str) -> str:
@@ -176,6 +191,8 @@ class LesionTrainTask(BundleTrainTask):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         """Train on the final labels, then publish the new weights; the old model serves until then."""
         start = time.time()
+        for stale in glob.glob(os.path.join(self.work_dir, "staging-*")):  # left by runs that were stopped
+            shutil.rmtree(stale, ignore_errors=True)
         self._staging = tempfile.mkdtemp(dir=self.work_dir, prefix="staging-")
         try:
             super().__call__(request, datastore)
