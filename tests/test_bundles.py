@@ -197,3 +197,19 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -
     assert (tmp_path / "models" / "model.pt").is_file()
     assert len(json.loads((tmp_path / "models" / "history.json").read_text())) == 2
 
+
+
+def test_mlflow_tracking_records_metrics(demo_data, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "mlruns.db"
+    wf = _workflow(
+        "ph2_melanoma", ["train.json"], "train", tracking="mlflow",
+        tracking_uri=f"sqlite:///{db}", dataset_dir=str(demo_data["ph2_melanoma"]), ckpt_dir=str(tmp_path / "m"),
+        output_dir=str(tmp_path / "e"), max_epochs=1, **SMALL,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    keys = {k for (k,) in sqlite3.connect(db).execute("select distinct key from metrics")}
+    assert {"train_loss", "val_mean_iou", "val_mean_dice"} <= keys
