@@ -11,16 +11,15 @@ The server is always stopped at the end (its whole process group: training subpr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nrrd
@@ -35,6 +34,8 @@ sys.path.insert(0, str(REPO))  # `labelapp` is imported from the repository (it 
 
 from labelapp.lib.errors import UnprocessableLabel  # noqa: E402
 from labelapp.lib.labels import read_label, to_training_label  # noqa: E402
+from labelapp.lib.launcher import LocalServer  # noqa: E402
+from labelapp.lib.server import InferPool  # noqa: E402
 from labelapp.lib.writer import to_row_major  # noqa: E402
 
 BUNDLE = "ph2_melanoma"
@@ -139,64 +140,43 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _log_tail(log: Path, lines: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
-
-
 @pytest.fixture(scope="session")
 def server(study: dict, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Start the real server on 127.0.0.1:<free port>; stop it (and its children) at the end, whatever happens."""
     app_dir = tmp_path_factory.mktemp("app") / "labelapp"  # a copy, so the tests never touch labelapp/model
     shutil.copytree(REPO / "labelapp", app_dir, ignore=shutil.ignore_patterns("model", "logs", "__pycache__"))
-    port = _free_port()
-    log = tmp_path_factory.mktemp("logs") / "server.log"
-    env = {
-        **os.environ,
-        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",  # scoring is requested explicitly below
-        "OMP_NUM_THREADS": "1",  # the test machine is small and shared; see labelapp/README.md
-        # Any attempt to reach the internet fails fast: the server must start and work offline.
-        "HTTP_PROXY": "http://127.0.0.1:9",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(app_dir), "--studies", str(study["folder"]),
-        "--conf", "models", BUNDLE, "--conf", "bundle_dir", str(bundle_dir),
-        "--conf", "bundle_overrides", json.dumps(OVERRIDES),
-        "--host", "127.0.0.1", "--port", str(port), "--uvicorn_app", "labelapp.asgi:app",
-    ]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    local = LocalServer(
+        study["folder"],
+        {"models": BUNDLE, "bundle_dir": str(bundle_dir), "bundle_overrides": OVERRIDES},
+        app_dir=app_dir,
+        log=tmp_path_factory.mktemp("logs") / "server.log",
+        env={
+            "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",  # scoring is requested explicitly below
+            "OMP_NUM_THREADS": "1",  # the test machine is small and shared; see labelapp/README.md
+            # Any attempt to reach the internet fails fast: the server must start and work offline.
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1,localhost",
+        },
+        start_timeout=START_TIMEOUT_S,
+    )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{_log_tail(log)}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer /info within {START_TIMEOUT_S} s:\n{_log_tail(log)}")
-            time.sleep(1)
-        yield {"url": url, "log": log, "model": bundle_dir / BUNDLE / "models" / "model.pt", "app_dir": app_dir}
+        try:
+            local.start()
+        except RuntimeError as e:
+            pytest.fail(str(e))
+        yield {
+            "url": local.url,
+            "log": local.log,
+            "model": bundle_dir / BUNDLE / "models" / "model.pt",
+            "app_dir": app_dir,
+        }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        local.stop()
+
+
+def _log_tail(server: dict, lines: int = 60) -> str:
+    return "\n".join(server["log"].read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="session")
@@ -217,14 +197,14 @@ def wait_for_training(server: dict, timeout: float = TRAIN_TIMEOUT_S) -> dict:
         if task.get("status") not in ("SUBMITTED", "RUNNING"):
             return task
         time.sleep(1)
-    pytest.fail(f"training still running after {timeout} s:\n{_log_tail(server['log'])}")
+    pytest.fail(f"training still running after {timeout} s:\n{_log_tail(server)}")
 
 
 def train(server: dict, epochs: int) -> dict:
     response = requests.post(f"{server['url']}/train/{BUNDLE}", json={"max_epochs": epochs, "val_split": 0.2})
     assert response.status_code == 200, response.text
     task = wait_for_training(server)
-    assert task["status"] == "DONE", f"{task}\n{_log_tail(server['log'])}"
+    assert task["status"] == "DONE", f"{task}\n{_log_tail(server)}"
     return requests.get(f"{server['url']}/info/", timeout=10).json()["train_stats"][BUNDLE]
 
 
@@ -275,6 +255,27 @@ def test_labels_are_mapped_by_segment_name_and_position(tmp_path: Path) -> None:
     with pytest.raises(UnprocessableLabel, match="not a label of the served models"):
         to_training_label(mask, {"lesion": 1}, label_info=[{"name": "tumour"}])
     np.testing.assert_array_equal(to_training_label(mask * 255, {"lesion": 1}), mask)  # 0/255 mask, one label
+
+
+def test_infer_pool_runs_workers_queues_the_next_and_refuses_the_rest() -> None:
+    from fastapi import HTTPException
+
+    pool, release = InferPool(workers=1, queue=1), threading.Event()
+
+    async def scenario() -> list:
+        running = asyncio.ensure_future(pool.run(release.wait, 30))  # occupies the worker
+        waiting = asyncio.ensure_future(pool.run(lambda: "queued ran"))  # waits for it
+        await asyncio.sleep(0.05)
+        with pytest.raises(HTTPException) as refused:
+            await pool.run(lambda: "never")
+        assert refused.value.status_code == 503 and "busy" in refused.value.detail
+        assert refused.value.headers == {"Retry-After": "1"}
+        release.set()
+        results = await asyncio.gather(running, waiting)
+        assert await pool.run(lambda: "free again") == "free again"  # slots were given back
+        return results
+
+    assert asyncio.run(scenario()) == [True, "queued ran"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,6 +341,24 @@ def test_infer_png_result_for_web_clients(client, trained) -> None:
         assert label.format == "PNG" and label.mode == "L" and label.size == (WIDTH, HEIGHT)
 
 
+def test_concurrent_infers_are_answered_or_refused_as_busy(server: dict, trained) -> None:
+    def infer(i: int) -> requests.Response:
+        image = HELD_OUT[i % 2]
+        data = {"params": json.dumps({"result_extension": ".nrrd", "result_dtype": "uint8"})}
+        return requests.post(f"{server['url']}/infer/{BUNDLE}?image={image}", data=data, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=16) as clients:
+        responses = list(clients.map(infer, range(32)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1" and r.json()["detail"].startswith("busy")
+        else:
+            assert "multipart" in r.headers["content-type"] and b".nrrd" in r.content[:4096]
+
+
 def test_a_new_label_is_used_by_the_next_training_which_changes_the_model(
     server: dict, client, trained: dict, study: dict
 ) -> None:
@@ -362,7 +381,7 @@ def test_a_training_stopped_midway_leaves_the_old_model_serving(server: dict, tr
     staging = server["app_dir"] / "model" / BUNDLE
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while not list(staging.glob("staging-*/model.pt")):
-        assert time.monotonic() < deadline, _log_tail(server["log"])
+        assert time.monotonic() < deadline, _log_tail(server)
         assert requests.get(f"{server['url']}/train/").json()["status"] in ("SUBMITTED", "RUNNING")
         time.sleep(0.5)
     stopped = requests.delete(f"{server['url']}/train/", timeout=30).json()
