@@ -40,7 +40,12 @@ def metadata(name: str, task: dict) -> dict:
         "version": VERSION,
         "changelog": {VERSION: "first release: trained from scratch on CPU, networks selectable by name"},
         **_versions(),
-        "required_packages_version": {"pytorch-ignite": "0.5.5", "pillow": "11.3.0", "scipy": "1.15.3", "matplotlib": "3.10.7"},
+        "required_packages_version": {
+            "pytorch-ignite": "0.5.5",
+            "pillow": "11.3.0",
+            "scipy": "1.15.3",
+            "matplotlib": "3.10.7",
+        },
         "optional_packages_version": {"onnxruntime": "1.23.2", "tensorboard": "2.20.0", "mlflow-skinny": "3.6.0"},
         "name": task["display_name"],
         "task": task["task"],

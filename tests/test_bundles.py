@@ -62,8 +62,14 @@ def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
     ckpt, out = tmp_path / "models", tmp_path / "eval"
     labels = json.loads((data / "dataset.json").read_text())["labels"]
     # the synthetic IPMN set is the 3-class colour-map variant: the label keys are the way to train it
-    common = {"dataset_dir": str(data), "ckpt_dir": str(ckpt), "output_dir": str(out), "labels": labels,
-              "num_classes": len(labels), **SMALL}
+    common = {
+        "dataset_dir": str(data),
+        "ckpt_dir": str(ckpt),
+        "output_dir": str(out),
+        "labels": labels,
+        "num_classes": len(labels),
+        **SMALL,
+    }
     epochs = 12 if name == "ph2_melanoma" else 3
     train = _workflow(name, ["train.json"], "train", max_epochs=epochs, **common)
     train.initialize()
@@ -92,8 +98,15 @@ def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
     images = data / "imagesTr"
     infer_out = tmp_path / "pred"
     infer = _workflow(
-        name, ["inference.json"], "infer", input_dir=str(images), output_dir=str(infer_out),
-        ckpt_dir=str(ckpt), dataset_dir=str(data), spatial_size=SMALL["spatial_size"], labels=labels,
+        name,
+        ["inference.json"],
+        "infer",
+        input_dir=str(images),
+        output_dir=str(infer_out),
+        ckpt_dir=str(ckpt),
+        dataset_dir=str(data),
+        spatial_size=SMALL["spatial_size"],
+        labels=labels,
         num_classes=len(labels),
     )
     infer.initialize()
@@ -123,15 +136,27 @@ def test_configs_build_the_same_network(name: str) -> None:
 
 
 def test_bundles_are_in_sync_with_the_template() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_follows_the_bundle_spec(name: str) -> None:
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
-                "authors", "copyright", "network_data_format"):
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    ):
         assert key in meta, key
     fmt = meta["network_data_format"]
     assert len(fmt["inputs"]["image"]["spatial_shape"]) == 2
@@ -144,7 +169,9 @@ def test_missing_dataset_dir_is_named_before_training(tmp_path: Path) -> None:
     from monai.bundle import ConfigWorkflow  # noqa: F401
 
     missing = tmp_path / "nowhere"
-    wf = _workflow("ph2_melanoma", ["train.json"], "train", dataset_dir=str(missing), ckpt_dir=str(tmp_path / "m"), **SMALL)
+    wf = _workflow(
+        "ph2_melanoma", ["train.json"], "train", dataset_dir=str(missing), ckpt_dir=str(tmp_path / "m"), **SMALL
+    )
     with pytest.raises(Exception) as info:  # raised while the trainer is built, before any epoch
         wf.initialize()
         wf.run()
@@ -185,11 +212,33 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -
     bundle = BUNDLES / "ph2_melanoma"
     configs = f"['{bundle}/configs/train.json','{bundle}/configs/multi_gpu_train.json']"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-        "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(bundle),
-        "--dataset_dir", str(demo_data["ph2_melanoma"]), "--ckpt_dir", str(tmp_path / "models"),
-        "--output_dir", str(tmp_path / "eval"), "--max_epochs", "2", "--spatial_size", "[64,64]",
-        "--num_workers", "0", "--batch_size", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(demo_data["ph2_melanoma"]),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--max_epochs",
+        "2",
+        "--spatial_size",
+        "[64,64]",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(bundle)}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -198,15 +247,21 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -
     assert len(json.loads((tmp_path / "models" / "history.json").read_text())) == 2
 
 
-
 def test_mlflow_tracking_records_metrics(demo_data, tmp_path: Path) -> None:
     import sqlite3
 
     db = tmp_path / "mlruns.db"
     wf = _workflow(
-        "ph2_melanoma", ["train.json"], "train", tracking="mlflow",
-        tracking_uri=f"sqlite:///{db}", dataset_dir=str(demo_data["ph2_melanoma"]), ckpt_dir=str(tmp_path / "m"),
-        output_dir=str(tmp_path / "e"), max_epochs=1, **SMALL,
+        "ph2_melanoma",
+        ["train.json"],
+        "train",
+        tracking="mlflow",
+        tracking_uri=f"sqlite:///{db}",
+        dataset_dir=str(demo_data["ph2_melanoma"]),
+        ckpt_dir=str(tmp_path / "m"),
+        output_dir=str(tmp_path / "e"),
+        max_epochs=1,
+        **SMALL,
     )
     wf.initialize()
     wf.run()

@@ -165,8 +165,17 @@ class ProgressBarHandler:
         self.bar.attach(engine, output_transform=loss)
 
 
-RANK_ZERO_ONLY = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBarHandler", "HistoryWriter", "BestModelSaver",
-                  "MetricsSaver", "CheckpointSaver", "MLFlowHandler", "ConfusionMatrixSaver")
+RANK_ZERO_ONLY = (
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "ProgressBarHandler",
+    "HistoryWriter",
+    "BestModelSaver",
+    "MetricsSaver",
+    "CheckpointSaver",
+    "MLFlowHandler",
+    "ConfusionMatrixSaver",
+)
 
 
 def for_rank(handlers: list) -> list:
@@ -176,3 +185,16 @@ def for_rank(handlers: list) -> list:
     if not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
         return handlers
     return [h for h in handlers if type(h).__name__ not in RANK_ZERO_ONLY]
+
+
+class TimeLimitHandler:
+    """Stop training after ``minutes`` of wall time (0 = no limit); the best checkpoint so far is kept."""
+
+    def __init__(self, minutes: float = 0.0) -> None:
+        self.minutes = float(minutes)
+
+    def attach(self, engine: Engine) -> None:
+        if self.minutes > 0:
+            from ignite.handlers import TimeLimit
+
+            engine.add_event_handler(Events.EPOCH_COMPLETED, TimeLimit(limit_sec=int(self.minutes * 60)))

@@ -53,11 +53,18 @@ class SumLoss(nn.Module):
         self.weights = weights
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return sum(w * loss(logits, label) for w, loss in zip(self.weights, self.losses))
+        return sum(w * loss(logits, label) for w, loss in zip(self.weights, self.losses, strict=True))
 
 
 def _dice(**kw) -> nn.Module:
-    return DiceLoss(to_onehot_y=True, softmax=True, include_background=kw.get("include_background", False), smooth_nr=1e-5, smooth_dr=1e-5, batch=kw.get("batch_dice", True))
+    return DiceLoss(
+        to_onehot_y=True,
+        softmax=True,
+        include_background=kw.get("include_background", False),
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+        batch=kw.get("batch_dice", True),
+    )
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {

@@ -76,7 +76,7 @@ def plot_cases(cases: list[tuple[str, float]], items: dict[str, dict], pred_dir:
     if not cases:
         return
     fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.4), squeeze=False)
-    for ax, (name, score) in zip(axes[0], cases):
+    for ax, (name, score) in zip(axes[0], cases, strict=True):
         stem = Path(name).name.split(".")[0]
         pred = pred_dir / f"{stem}_seg.png"
         if pred.is_file():
@@ -129,7 +129,9 @@ def summarise_scores(per_image: dict[str, dict[str, dict]], num_classes: int) ->
     return summary
 
 
-def write_report(output_dir: str, history_path: str, labels: Mapping[str, int], items: list[dict], n_cases: int = 4) -> dict:
+def write_report(
+    output_dir: str, history_path: str, labels: Mapping[str, int], items: list[dict], n_cases: int = 4
+) -> dict:
     """Score an ``evaluate`` run from the saved masks and write ``metrics_summary.json``, ``per_image.csv`` and PNGs.
 
     Scores are computed at each image's original size from ``<output_dir>/predictions/<stem>_seg.png`` and the

@@ -155,7 +155,9 @@ class CleanMaskd(MapTransform):
             return d
         for key in self.key_iterator(d):
             img = d[key]
-            cleaned = clean_mask(np.asarray(img.detach().cpu())[0].astype(np.int64), self.num_classes, self.keep_largest, self.fill_holes)
+            cleaned = clean_mask(
+                np.asarray(img.detach().cpu())[0].astype(np.int64), self.num_classes, self.keep_largest, self.fill_holes
+            )
             new = torch.as_tensor(cleaned[None], dtype=img.dtype, device=img.device)
             d[key] = img.clone().copy_(new) if hasattr(img, "meta") else new
         return d
