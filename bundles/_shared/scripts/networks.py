@@ -48,6 +48,7 @@ from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
 from monai.networks.layers.factories import Conv, Dropout, Norm, Pool
 from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import AttentionUnet, BasicUNet, FlexibleUNet, SegResNet, UNet
+from monai.networks.nets.efficientnet import EfficientNetBNFeatures
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from monai.networks.nets.resnet import ResNet, ResNetBottleneck, ResNetFeatures
 from torch import nn
@@ -64,7 +65,7 @@ __all__ = [
     "build_encoder",
     "build_network",
     "enable_mc_dropout",
-    "replace_partial_shortcuts",
+    "fix_monai_encoders",
 ]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -79,9 +80,15 @@ def _conv_norm_act(
 ) -> Convolution:
     """Conv (no bias) -> norm -> ReLU, "same" padding."""
     return Convolution(
-        spatial_dims, in_channels, out_channels, kernel_size=kernel_size, dilation=dilation, act="relu", norm=norm,
+        spatial_dims,
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        act="relu",
+        norm=norm,
         bias=False,
-    )  # fmt: skip
+        dilation=dilation,
+    )
 
 
 def _group_norm(channels: int, max_groups: int = 32) -> tuple[str, dict[str, int]]:
@@ -98,8 +105,9 @@ def _group_norm(channels: int, max_groups: int = 32) -> tuple[str, dict[str, int
 class ResNeXtBottleneck(ResNetBottleneck):
     """ResNeXt bottleneck (Xie et al. 2017): MONAI's ``ResNetBottleneck`` with a grouped, wider 3x3 convolution.
 
-    The forward pass is MONAI's; only ``conv1``/``conv2``/``conv3`` widths and ``groups`` differ. Parameter names
-    match torchvision's ``resnext50_32x4d``, so a local torchvision state dict loads with ``strict=False``.
+    The forward pass is MONAI's; only ``conv1``/``conv2``/``conv3`` widths and ``groups`` differ. Parameters are
+    named like torchvision's ``resnext50_32x4d`` (``layerN.M.convK``, ``bnK``, ``downsample.0/1``; its ``fc`` absent),
+    so a local torchvision state dict should load with ``strict=False`` (not checked here: no torchvision).
     """
 
     groups = 32
@@ -195,7 +203,7 @@ class ZeroPadShortcut(nn.Module):
     MONAI's resnet18/34 hold this shortcut as a ``functools.partial`` of a bound method that concatenates
     ``out.data``: the identity path of each downsampling block carries no gradient, and the network cannot be
     scripted. This module gives the same forward values with the gradient kept, and scripts; no parameters, so
-    state dicts are unchanged. :func:`replace_partial_shortcuts` installs it.
+    state dicts are unchanged. :func:`fix_monai_encoders` installs it.
 
     Args:
         planes: output channels.
@@ -214,11 +222,15 @@ class ZeroPadShortcut(nn.Module):
         return torch.cat([out, zeros], dim=1)
 
 
-def replace_partial_shortcuts(model: nn.Module) -> nn.Module:
-    """Swap MONAI's ``functools.partial`` ResNet shortcuts (resnet18/34) for :class:`ZeroPadShortcut`, in place.
+def fix_monai_encoders(model: nn.Module) -> nn.Module:
+    """Fix two quirks of MONAI's FlexibleUNet encoders in ``model``, in place; other modules are left unchanged.
+
+    * ResNet18/34: the ``functools.partial`` shortcuts become :class:`ZeroPadShortcut` (gradient kept, scriptable).
+    * EfficientNet: the classification head that the encoder's forward never uses (``_conv_head``, ``_bn1``,
+      ``_fc``: 1.7 M parameters for b0) is deleted, so it neither counts nor trips DDP's unused-parameter check.
 
     Args:
-        model: a network holding MONAI ``ResNetBlock``/``ResNetBottleneck`` blocks; others are left unchanged.
+        model: a network or encoder.
 
     Returns:
         ``model``.
@@ -227,6 +239,11 @@ def replace_partial_shortcuts(model: nn.Module) -> nn.Module:
         shortcut = getattr(module, "downsample", None)
         if isinstance(shortcut, partial) and getattr(shortcut.func, "__name__", "") == "_downsample_basic_block":
             module.downsample = ZeroPadShortcut(**shortcut.keywords)
+    for module in list(model.modules()):
+        if isinstance(module, EfficientNetBNFeatures):
+            for name in ("_conv_head", "_conv_head_padding", "_bn1", "_avg_pooling", "_dropout", "_fc"):
+                if hasattr(module, name):
+                    delattr(module, name)
     return model
 
 
@@ -243,7 +260,7 @@ def build_encoder(
 
     Returns:
         The encoder (its forward returns five feature maps at strides 2, 4, 8, 16, 32) and their channel counts.
-        ResNet shortcuts are made differentiable and scriptable by :func:`replace_partial_shortcuts`.
+        :func:`fix_monai_encoders` has been applied to it.
     """
     if backbone not in FLEXUNET_BACKBONE.register_dict:
         raise ValueError(f"Unknown backbone {backbone!r}; valid: {', '.join(sorted(FLEXUNET_BACKBONE.register_dict))}.")
@@ -253,7 +270,7 @@ def build_encoder(
     if entry["feature_number"] != 5:
         raise ValueError(f"Backbone {backbone!r} gives {entry['feature_number']} feature maps; 5 are needed.")
     params = {**entry["parameter"], "spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": False}
-    return replace_partial_shortcuts(entry["type"](**params)), tuple(entry["feature_channel"])
+    return fix_monai_encoders(entry["type"](**params)), tuple(entry["feature_channel"])
 
 
 def _dilate_last_stage(encoder: nn.Module, spatial_dims: int) -> None:
@@ -304,8 +321,9 @@ class SegNet(nn.Module):
     """Compact SegNet (Badrinarayanan et al. 2017) with Bayesian-SegNet dropout (Kendall et al. 2017).
 
     VGG-style encoder stages (conv-BN-ReLU x n, then 2x max pooling that keeps its indices) and a mirrored decoder
-    that upsamples with :class:`MaxUnpool` (same result as ``nn.MaxUnpool2d``, but traceable) at those indices, then conv-BN-ReLU x n; a 1x1 classifier. No skip
-    concatenation: only the pooling indices travel. Widths are configurable (the original uses 64..512).
+    that upsamples at those indices with :class:`MaxUnpool` (``nn.MaxUnpool2d``'s result, but traceable), then
+    conv-BN-ReLU x n; a 1x1 classifier. No skip concatenation: only the pooling indices travel. Widths are
+    configurable (the original uses 64..512).
 
     Dropout: "central" placement of Bayesian SegNet, after the three deepest encoder stages (after pooling) and
     the three deepest decoder stages. H and W must be multiples of 2 ** len(features) (32 by default).
@@ -340,9 +358,7 @@ class SegNet(nn.Module):
             return nn.Sequential(*(_conv_norm_act(spatial_dims, a, b) for a, b in pairwise(channels)))
 
         chans = [in_channels, *features]
-        self.encoder = nn.ModuleList(
-            stage([chans[i]] + [chans[i + 1]] * n) for i, n in enumerate(convs_per_stage)
-        )  # fmt: skip
+        self.encoder = nn.ModuleList(stage([chans[i]] + [chans[i + 1]] * n) for i, n in enumerate(convs_per_stage))
         # deepest first; the decoder stage of level i: n convs at features[i], the last one maps to features[i - 1]
         self.decoder = nn.ModuleList(
             stage([features[i]] * n + [features[max(i - 1, 0)]]) for i, n in reversed(list(enumerate(convs_per_stage)))
@@ -617,8 +633,8 @@ class DeepLabV3Plus(nn.Module):
 
 
 def _flexible_unet(**kwargs: Any) -> nn.Module:
-    """MONAI ``FlexibleUNet`` with :func:`replace_partial_shortcuts` applied (ResNet18/34 encoders)."""
-    return replace_partial_shortcuts(FlexibleUNet(**kwargs))
+    """MONAI ``FlexibleUNet`` with :func:`fix_monai_encoders` applied."""
+    return fix_monai_encoders(FlexibleUNet(**kwargs))
 
 
 def _segresnet(
