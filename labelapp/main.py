@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 
 import monailabel  # noqa: E402
 from lib.bundles import merged_labels, parse_overrides, resolve_bundles  # noqa: E402
-from lib.datastore import LesionDatastore, check_id  # noqa: E402
+from lib.datastore import LesionDatastore, check_id, check_image_file  # noqa: E402
 from lib.errors import NotFound  # noqa: E402
 from lib.infer import LesionInferTask  # noqa: E402
 from lib.scoring import LesionEpistemicScoring, epistemic_strategy  # noqa: E402
@@ -128,9 +128,11 @@ class LesionLabelApp(MONAILabelApp):
             for name, path in self.bundles.items()
         }
 
-    def _check_model(self, model: str | None, tasks: dict[str, Any], what: str) -> None:
-        if model not in tasks:
-            raise NotFound(f"{what} '{model}' is not served; available: {sorted(tasks)}")
+    @staticmethod
+    def _check_name(name: str | None, tasks: dict[str, Any], what: str) -> None:
+        """Raise a 404 naming the valid choices when ``name`` is not one of ``tasks``."""
+        if name not in tasks:
+            raise NotFound(f"{what} '{name}' is not served; available: {sorted(tasks)}")
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run inference on a datastore image (by id), an uploaded file or a session image.
@@ -139,11 +141,13 @@ class LesionLabelApp(MONAILabelApp):
         system temporary folder (where the endpoint stores uploads) or the sessions folder, never as an arbitrary
         server path.
         """
-        self._check_model(request.get("model"), self._infers, "model")
+        self._check_name(request.get("model"), self._infers, "model")
         image = request.get("image")
-        if isinstance(image, str) and image not in self.datastore().list_images() and not self._is_upload(image):
-            check_id(image)
-            raise NotFound(f"image '{image}' is not in the datastore")
+        if isinstance(image, str) and image not in self.datastore().list_images():
+            if not self._is_upload(image):
+                check_id(image)
+                raise NotFound(f"image '{image}' is not in the datastore")
+            check_image_file(image, "." + image.rsplit(".", 1)[-1])
         return super().infer(request, datastore)
 
     def _is_upload(self, path: str) -> bool:
@@ -158,16 +162,16 @@ class LesionLabelApp(MONAILabelApp):
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """Active learning: 404 for an unknown strategy (MONAI Label answers 500)."""
-        self._check_model(request.get("strategy") or "random", self._strategies, "strategy")
+        self._check_name(request.get("strategy") or "random", self._strategies, "strategy")
         return super().next_sample(request)
 
     def scoring(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run a scoring method: 404 for an unknown method."""
-        self._check_model(request.get("method"), self._scoring_methods, "scoring method")
+        self._check_name(request.get("method"), self._scoring_methods, "scoring method")
         return super().scoring(request, datastore)
 
     def bundle_path(self, model: str | None) -> str | None:
         """Bundle folder of ``model`` (MONAI Label asks before starting a train task: 404 for an unknown model)."""
         if model is not None:
-            self._check_model(model, self._trainers, "trainer")
+            self._check_name(model, self._trainers, "trainer")
         return super().bundle_path(model)

@@ -436,6 +436,7 @@ BAD_REQUESTS: dict[str, tuple[str, str, tuple[str, str] | None, dict | None]] = 
     "corrupt png": ("PUT", "/datastore/image?image=corrupt", ("file", "corrupt.png"), None),
     "label size differs": ("PUT", "/datastore/label?image=case07&tag=final", ("label", "transposed.nii.gz"), None),
     "label for unknown image": ("PUT", "/datastore/label?image=nope&tag=final", ("label", "transposed.nii.gz"), None),
+    "non-image sent to infer": ("POST", f"/infer/{BUNDLE}?image=upload", ("file", "notes.txt"), None),
     "unknown model": ("POST", "/infer/no_such_model?image=case07", None, None),
     "unknown result format": (
         "POST",

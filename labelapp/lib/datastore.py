@@ -18,7 +18,7 @@ from .writer import read_geometry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "LesionDatastore", "check_id"]
+__all__ = ["IMAGE_EXTENSIONS", "LesionDatastore", "check_id", "check_image_file"]
 
 #: Image files the datastore lists, as ``fnmatch`` patterns; the PIL format each must contain.
 IMAGE_EXTENSIONS: dict[str, str] = {"*.png": "PNG", "*.jpg": "JPEG", "*.jpeg": "JPEG"}
@@ -36,7 +36,7 @@ def check_id(value: str, what: str = "image id") -> str:
     return value
 
 
-def _check_image_file(path: str, ext: str) -> None:
+def check_image_file(path: str, ext: str) -> None:
     """Raise ``UnsupportedMedia`` unless ``path`` is a complete, readable 2D image of the type its extension says."""
     expected = IMAGE_EXTENSIONS.get(f"*{ext.lower()}")
     if expected is None:
@@ -78,7 +78,7 @@ class LesionDatastore(LocalDatastore):
         """Validate, then add an uploaded PNG/JPEG image (kept byte for byte: RGB stays RGB)."""
         stem, ext = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or stem)
-        _check_image_file(image_filename, ext)
+        check_image_file(image_filename, ext)
         existing = self._datastore.objects.get(image_id)
         if existing is not None and existing.image.ext != ext:
             raise BadRequest(f"image '{image_id}' already exists as {existing.image.ext}; use another id")

@@ -98,6 +98,9 @@ class LesionInferTask(BundleInferTask):
         threads: torch intra-op threads while inferring; 0 leaves torch's setting alone.
     """
 
+    #: Building a bundle's transforms swaps the ``scripts`` module on ``sys.path``: one build at a time, any bundle.
+    _build_lock = threading.RLock()
+
     def __init__(
         self,
         path: str,
@@ -122,7 +125,6 @@ class LesionInferTask(BundleInferTask):
         self.bundle_path = path
         self.bundle_config_path = os.path.join(path, "configs", "inference.json")
         self._cache: dict[tuple[str, str], Any] = {}
-        self._cache_lock = threading.Lock()
 
         with bundle_on_path(path):
             self.bundle_config = self._load_bundle_config(path, self.bundle_config_path)
@@ -174,7 +176,7 @@ class LesionInferTask(BundleInferTask):
 
     def _cached(self, kind: str, data: dict[str, Any] | None, build: Callable[[Any], Any]) -> Any:
         key = (kind, str((data or {}).get("device")))
-        with self._cache_lock:
+        with self._build_lock:
             if key not in self._cache:
                 self._cache[key] = build(data)
             return self._cache[key]
