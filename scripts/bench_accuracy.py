@@ -133,7 +133,13 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
     ``overrides`` are extra bundle arguments, e.g. ``--overrides "--network segnet --loss dice"``.
     """
     extra = shlex.split(overrides)
-    names = list(DATASETS) if tasks == "all" else [t.strip() for t in str(tasks).split(",")]
+    if isinstance(tasks, (list, tuple)):  # fire turns "a,b" into a tuple
+        names = [str(t) for t in tasks]
+    else:
+        names = list(DATASETS) if tasks == "all" else [t.strip() for t in str(tasks).split(",")]
+    unknown = [t for t in names if t not in DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {list(DATASETS)} or all.")
     work = ROOT / "benchmarks" / "work"
     records = []
     for task in names:
