@@ -1,0 +1,158 @@
+"""Unit tests of the bundles' shared Python package (losses, optimizers, transforms, findings, handlers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1] / "bundles" / "_shared"
+for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+    del sys.modules[mod]
+sys.path.insert(0, str(SHARED))
+
+from scripts.engines import amp_mode  # noqa: E402
+from scripts.findings import summarise  # noqa: E402
+from scripts.handlers import atomic_write_bytes  # noqa: E402
+from scripts.losses import LOSSES, build_loss  # noqa: E402
+from scripts.optim import build_optimizer, build_scheduler, scheduler_step_input  # noqa: E402
+from scripts.report import image_scores, summarise_scores  # noqa: E402
+from scripts.transforms import EnsureChannelsd, clean_mask, diffusion_filter  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_finite_differentiable_and_lower_for_the_right_answer(name: str) -> None:
+    label = torch.zeros(2, 1, 16, 24, dtype=torch.long)
+    label[:, :, 4:12, 6:18] = 1
+    right = torch.cat([1 - label, label], 1).float() * 8 - 4
+    wrong = -right
+    loss = build_loss(name)
+    logits = right.clone().requires_grad_(True)
+    value = loss(logits, label)
+    value.backward()
+    assert torch.isfinite(value) and logits.grad is not None and logits.grad.abs().sum() > 0
+    assert loss(right, label) < loss(wrong, label)
+
+
+def test_unknown_names_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="dicece"):
+        build_loss("nope")
+    with pytest.raises(ValueError, match="adamw"):
+        build_optimizer("nope", [torch.nn.Parameter(torch.zeros(1))], 1e-3)
+    with pytest.raises(ValueError, match="plateau"):
+        build_scheduler("nope", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 10)
+
+
+def test_plateau_scheduler_steps_on_the_validation_metric() -> None:
+    opt = build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 1.0)
+    sched = build_scheduler("plateau", opt, 10, patience=1, factor=0.5)
+
+    class _State:
+        metrics = {"val_mean_iou": 0.5}
+
+    class _Evaluator:
+        state = _State()
+
+    step_input = scheduler_step_input(sched, _Evaluator(), "val_mean_iou")
+    for _ in range(3):
+        sched.step(*step_input(None))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_cosine_scheduler_anneals_to_min_lr() -> None:
+    opt = build_optimizer("adamw", [torch.nn.Parameter(torch.zeros(1))], 1.0)
+    sched = build_scheduler("cosine", opt, 4, min_lr=0.0)
+    assert scheduler_step_input(sched, None, "x")(None) == ()
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_diffusion_filter() -> None:
+    rng = np.random.default_rng(0)
+    img = torch.zeros(1, 32, 48)
+    img[:, :, 24:] = 1.0
+    noisy = img + torch.as_tensor(rng.normal(0, 0.05, img.shape), dtype=torch.float32)
+    assert torch.equal(diffusion_filter(noisy, 0), noisy)
+    iso = diffusion_filter(noisy, 10, step=0.2, mode="isotropic")
+    pm = diffusion_filter(noisy, 10, step=0.2, kappa=0.2, mode="perona_malik")
+    flat = (slice(None), slice(4, 28), slice(4, 20))
+    assert iso[flat].std() < noisy[flat].std() / 2  # speckle smoothed
+    edge = lambda x: float((x[:, :, 25] - x[:, :, 22]).mean())  # noqa: E731
+    assert edge(pm) > edge(iso)  # Perona-Malik keeps the edge sharper
+    assert iso.mean() == pytest.approx(noisy.mean(), abs=1e-4)  # diffusion conserves intensity
+    with pytest.raises(ValueError, match="step"):
+        diffusion_filter(noisy, 1, step=0.5)
+
+
+def test_ensure_channels() -> None:
+    grey = torch.arange(6.0).reshape(1, 2, 3)
+    rgb = EnsureChannelsd("image", 3)({"image": grey})["image"]
+    assert rgb.shape == (3, 2, 3) and torch.equal(rgb[2], grey[0])
+    back = EnsureChannelsd("image", 1)({"image": rgb})["image"]
+    assert torch.allclose(back, grey)
+
+
+def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:
+    mask = np.zeros((20, 30), dtype=np.int64)
+    mask[2:12, 2:12] = 1
+    mask[5:7, 5:7] = 0  # hole
+    mask[15:17, 25:27] = 1  # small island
+    out = clean_mask(mask, 2, keep_largest=True, fill_holes=True)
+    assert out[15:17, 25:27].sum() == 0 and out[5:7, 5:7].all() and out[2:12, 2:12].all()
+    assert np.array_equal(clean_mask(mask, 2), mask)
+
+
+def test_findings_on_a_non_square_mask() -> None:
+    # MONAI's reverse-indexed order: axis 0 is x (width 40), axis 1 is y (height 30)
+    mask = np.zeros((40, 30), dtype=np.int64)
+    mask[10:20, 5:8] = 1
+    prob = np.stack([1 - mask * 0.9, mask * 0.9]).astype(np.float32)
+    result = summarise(mask, prob, {"background": 0, "lesion": 1}, spacing_mm=(0.5, 0.5))
+    item = result["findings"][0]
+    assert result["image_size"] == [40, 30]
+    assert item["found"] and item["pixels"] == 30 and item["bbox_xyxy"] == [10, 5, 19, 7]
+    assert item["area_fraction"] == pytest.approx(30 / 1200) and item["area_mm2"] == pytest.approx(7.5)
+    assert item["mean_confidence"] == pytest.approx(0.9)
+    assert "columns 10-19 and rows 5-7" in result["summary"]
+    empty = summarise(np.zeros((40, 30), dtype=np.int64), None, {"background": 0, "lesion": 1})
+    assert not empty["findings"][0]["found"] and empty["summary"].startswith("No lesion found.")
+
+
+def test_true_scores_and_empty_cases() -> None:
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[0:4, 0:5] = 1  # 20 px
+    pred = np.zeros_like(truth)
+    pred[0:4, 0:4] = 1  # 16 px, all inside
+    s = image_scores(truth, pred, 2)["1"]
+    assert s["dice"] == pytest.approx(32 / 36) and s["jaccard"] == pytest.approx(16 / 20)
+    empty = image_scores(np.zeros_like(truth), np.zeros_like(truth), 2)
+    summary = summarise_scores({"a": image_scores(truth, pred, 2), "b": empty}, 2)["classes"]["1"]
+    assert summary["dice_nonempty"]["n"] == 1 and summary["dice_all"]["n"] == 2
+    assert summary["empty_truth_cases"] == 1 and summary["empty_predicted_empty"] == 1
+    assert summary["pooled_dice"] == pytest.approx(32 / 36)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    target.write_text(json.dumps({"old": True}))
+
+    def broken(tmp: str) -> None:
+        Path(tmp).write_text("partial")
+        raise RuntimeError("killed midway")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(target, broken)
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_amp_mode() -> None:
+    assert amp_mode(False, "cpu") is None
+    assert amp_mode("bf16", "cpu") == "cpu"
+    assert amp_mode(True, "cuda:0") == "cuda"
