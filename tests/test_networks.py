@@ -62,6 +62,15 @@ SMALL: dict[str, dict] = {
 H, W = 64, 96  # non-square, multiples of 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these inputs are tiny, and on a shared CPU two threads waiting for each other are slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Set batch-norm running statistics from one batch, then eval mode.
 
