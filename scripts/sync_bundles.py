@@ -19,7 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "bundles" / "_shared"
 VERSION = "0.1.0"
 VALUE_CONFIGS = ("train.json", "inference.json")
-COPIED = ("evaluate.json", "multi_gpu_train.json")
+COPIED = (
+    "evaluate.json",
+    "multi_gpu_train.json",
+    "ensemble_evaluate.json",
+    "ensemble_inference.json",
+    "inference_onnx.json",
+    "inference_uncertainty.json",
+)
 
 
 def _dump(obj) -> str:

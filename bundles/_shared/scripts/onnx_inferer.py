@@ -1,0 +1,68 @@
+"""Run the bundle's exported ONNX model with ONNX Runtime in place of the PyTorch network.
+
+``configs/inference_onnx.json`` sets the bundle's ``inferer`` to :class:`OnnxInferer`; pre- and post-processing
+are the bundle's own, so the masks match eager inference (see ``tests/test_export.py``). Export the model with
+``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
+
+__all__ = ["OnnxInferer"]
+
+ort, _has_ort = optional_import("onnxruntime")
+
+
+class OnnxInferer(Inferer):
+    """A callable taking the preprocessed batch ``(B, C, H, W)`` and returning the ONNX model's logits as a tensor.
+
+    The output has the input's type, device and metadata (as a network's output would), so ``Invertd`` and
+    ``SaveImaged`` work unchanged. The ``network`` argument of MONAI's inferer interface is ignored.
+
+    Args:
+        path: the ``.onnx`` file (``models/model.onnx``).
+        threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+        providers: execution providers; default ``["CPUExecutionProvider"]``.
+        in_channels: when given, checked against the model's input so a wrong file fails with a clear message.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImportError: onnxruntime is not installed.
+        ValueError: the model's input channels differ from ``in_channels``.
+    """
+
+    def __init__(
+        self, path: str | Path, threads: int = 0, providers: list[str] | None = None, in_channels: int | None = None
+    ) -> None:
+        super().__init__()
+        path = Path(str(path))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: export it with `python scripts/export_bundle.py --bundle <bundle>` or set onnx_file."
+            )
+        if not _has_ort:
+            raise ImportError("inference_onnx.json needs onnxruntime: pip install onnxruntime==1.23.2")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+        )
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        channels = model_input.shape[1] if len(model_input.shape) > 1 else None
+        if in_channels is not None and isinstance(channels, int) and channels != int(in_channels):
+            raise ValueError(f"{path} takes {channels}-channel images but in_channels is {in_channels}.")
+
+    def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``."""
+        array = np.ascontiguousarray(convert_to_numpy(inputs, dtype=np.float32))
+        logits = self.session.run(None, {self.input_name: array})[0]
+        return convert_to_dst_type(torch.from_numpy(logits), inputs, dtype=torch.float32)[0]

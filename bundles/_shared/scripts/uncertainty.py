@@ -1,0 +1,149 @@
+"""Per-pixel uncertainty of a prediction: Monte-Carlo dropout or flip test-time augmentation.
+
+``configs/inference_uncertainty.json`` adds :class:`UncertaintyMapd` after the bundle's usual post-processing:
+the mask is the ordinary single-pass prediction (unchanged by the option), and the uncertainty is the variance,
+over ``samples`` stochastic or augmented passes, of the foreground probability ``1 - p(background)``. It lies in
+[0, 0.25]; the config inverts it to the original image size and saves it as ``<name>_uncertainty.nii.gz``
+(float32, not rescaled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.networks.utils import eval_mode
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor
+from torch import nn
+
+from .networks import enable_mc_dropout
+
+__all__ = [
+    "UNCERTAINTY_MODES",
+    "UncertaintyMapd",
+    "flip_views",
+    "foreground_variance",
+    "has_dropout",
+    "sample_probabilities",
+]
+
+UNCERTAINTY_MODES = ("none", "mc_dropout", "flip_tta")
+MAX_FLIP_VIEWS = 8
+
+
+def has_dropout(network: nn.Module) -> bool:
+    """True when ``network`` has a dropout layer with a non-zero probability (needed for MC dropout)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules())
+
+
+def flip_views(height: int, width: int) -> list[tuple[bool, tuple[int, ...]]]:
+    """The flip test-time views of a ``(B, C, H, W)`` batch as ``(transpose, flipped dims)``, identity first.
+
+    The four flips, then (square inputs only) the same four after swapping H and W: the eight symmetries of the
+    square. Each view is its own inverse up to the order of the two steps (see :func:`_undo`).
+    """
+    flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]
+    views = [(False, f) for f in flips]
+    if height == width:
+        views += [(True, f) for f in flips]
+    return views
+
+
+def _apply(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    x = x.transpose(2, 3) if transpose else x
+    return x.flip(dims) if dims else x
+
+
+def _undo(y: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    y = y.flip(dims) if dims else y
+    return y.transpose(2, 3) if transpose else y
+
+
+@torch.no_grad()
+def sample_probabilities(network: nn.Module, inputs: torch.Tensor, mode: str, samples: int) -> torch.Tensor:
+    """Class probabilities of ``samples`` passes of ``network`` on ``inputs`` ``(B, C, H, W)``.
+
+    ``mc_dropout`` keeps dropout sampling with normalisation in eval mode (:func:`enable_mc_dropout`);
+    ``flip_tta`` runs the first ``samples`` of :func:`flip_views` in eval mode and flips each output back.
+    The network's train/eval flags are restored afterwards.
+
+    Returns:
+        ``(samples, B, num_classes, H, W)`` softmax probabilities.
+    """
+    if mode == "mc_dropout":
+        flags = {m: m.training for m in network.modules()}
+        try:
+            enable_mc_dropout(network)
+            probs = [torch.softmax(network(inputs).float(), 1) for _ in range(samples)]
+        finally:
+            for module, flag in flags.items():
+                module.train(flag)
+    elif mode == "flip_tta":
+        views = flip_views(inputs.shape[2], inputs.shape[3])
+        if samples > len(views):
+            raise ValueError(
+                f"flip_tta has {len(views)} distinct views for a {inputs.shape[2]}x{inputs.shape[3]} input; "
+                f"set uncertainty_samples <= {len(views)} (got {samples})."
+            )
+        with eval_mode(network):
+            probs = [_undo(torch.softmax(network(_apply(inputs, *v)).float(), 1), *v) for v in views[:samples]]
+    else:
+        raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}; got {mode!r}.")
+    return torch.stack(probs)
+
+
+def foreground_variance(probs: torch.Tensor) -> torch.Tensor:
+    """Per-pixel variance over samples (population variance) of ``1 - p(background)``: ``(S, B, C, H, W) -> (B, 1, H, W)``."""
+    return (1.0 - probs[:, :, :1]).var(dim=0, unbiased=False)
+
+
+class UncertaintyMapd(MapTransform):
+    """Add the per-pixel uncertainty of the prediction for the preprocessed image ``keys`` as ``output_key``.
+
+    The map is at the network's resolution with the image's metadata and applied operations, so ``Invertd`` with
+    ``orig_keys`` = the image key brings it to the original size. ``mode="none"`` adds nothing.
+
+    Args:
+        keys: the preprocessed image key (``image``), channel-first ``(C, H, W)``.
+        network: the bundle's network (weights loaded).
+        mode: ``none``, ``mc_dropout`` or ``flip_tta``.
+        samples: passes per image, >= 2 (at most 8 for ``flip_tta``, 4 for non-square ``spatial_size``).
+        output_key: where the ``(1, H, W)`` variance map goes.
+
+    Raises:
+        ValueError: unknown ``mode``, too few samples, or ``mc_dropout`` on a network without dropout.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        network: nn.Module,
+        mode: str = "flip_tta",
+        samples: int = 8,
+        output_key: str = "uncertainty",
+    ) -> None:
+        super().__init__(keys)
+        if mode not in UNCERTAINTY_MODES:
+            raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}; got {mode!r}.")
+        if mode != "none" and not 2 <= int(samples) <= (MAX_FLIP_VIEWS if mode == "flip_tta" else 10**6):
+            raise ValueError(f"uncertainty_samples must be >= 2 (<= {MAX_FLIP_VIEWS} for flip_tta); got {samples}.")
+        if mode == "mc_dropout" and not has_dropout(network):
+            raise ValueError(
+                "uncertainty='mc_dropout' needs dropout layers, and this network has none with p > 0: train with "
+                "--dropout 0.1 (and run with the same value), or use uncertainty='flip_tta'."
+            )
+        self.network, self.mode, self.samples, self.output_key = network, mode, int(samples), output_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.mode == "none":
+            return d
+        device = next(self.network.parameters()).device
+        for key in self.key_iterator(d):
+            image = d[key]
+            batch = convert_to_tensor(image, dtype=torch.float32, device=device, track_meta=False)[None]
+            variance = foreground_variance(sample_probabilities(self.network, batch, self.mode, self.samples))[0]
+            d[self.output_key] = convert_to_dst_type(variance.cpu(), image, dtype=torch.float32)[0]
+        return d

@@ -1,0 +1,295 @@
+#!/usr/bin/env python
+"""End-to-end CPU inference of each bundle: PNG in -> mask written, per image, eager fp32 vs bf16 vs exported models.
+
+Usage::
+
+    python scripts/bench_inference.py run [--bundles ph2_melanoma,trus_prostate] [--sizes 256,512] [--threads 1]
+    python scripts/bench_inference.py run --modes fp32,bf16,onnx --threads 2
+    python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
+
+For each bundle (its default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
+data at 64x64 (weights only matter for the masks being non-trivial) and exported to TorchScript and ONNX
+(``scripts/export_bundle.py``), all under ``benchmarks/work/inference``. Then, per input size, ``images`` synthetic
+PNGs of ``size x size`` go through the bundle's inference workflow (``configs/inference.json``: load, preprocess,
+network, invert to the original size, findings, save) in each mode:
+
+* ``fp32``: eager PyTorch; ``bf16``: ``--amp true`` (bf16 autocast on a CPU with native bf16, see
+  ``scripts/engines.py``); ``torchscript``: ``net`` = ``torch.jit.load(models/model.ts)``;
+  ``onnx``: ``configs/inference_onnx.json`` (ONNX Runtime, ``threads`` intra-op threads).
+
+``threads`` defaults to 1: on a shared, oversubscribed 2-core machine two OpenMP threads per process make eager
+PyTorch wait at barriers for descheduled threads (per-image times up to 30x longer and bimodal).
+
+The time of one image runs from the data loader's fetch (``GET_BATCH_STARTED``) to the end of its iteration (mask
+and findings written). The images are split into ``rounds`` folders on which the modes take turns, so that load
+from other jobs on a shared machine hits every mode alike; the first ``warmup`` image of each run is dropped and
+the median (p50) of the rest (>= 20) is reported. A mode is *correct* when its masks agree with fp32's on >= 99.5%
+of the pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import monai
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from lesiondata.bundles import BUNDLES_DIR, bundle_names, override_args, run_monai_bundle  # noqa: E402
+from lesiondata.export import export_bundle  # noqa: E402
+from lesiondata.maskstats import mask_agreement  # noqa: E402
+from lesiondata.synthetic import make_demo_dataset  # noqa: E402
+
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "inference_cpu.json"
+DEFAULT_WORK = REPO / "benchmarks" / "work" / "inference"
+MODES = ("fp32", "bf16", "torchscript", "onnx")
+DEFAULT_MODES = MODES
+AGREEMENT = 0.995
+TRAIN = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def prepare(bundle: str, work: Path, epochs: int) -> dict[str, Any]:
+    """Synthetic data, a briefly trained model and its exports for ``bundle`` (reused when already there)."""
+    data = work / "data"
+    if not (data / "datalist.json").is_file():
+        make_demo_dataset(bundle, data, n=20, seed=1, overwrite=True)
+    labels = json.loads((data / "dataset.json").read_text())["labels"]
+    task = {"labels": labels, "num_classes": len(labels)}
+    models = work / "models"
+    if not (models / "model.pt").is_file():
+        args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(data), "--ckpt_dir", str(models)]
+        args += ["--output_dir", str(work / "train"), "--max_epochs", str(epochs), *override_args({**TRAIN, **task})]
+        run_monai_bundle(bundle, args, quiet=True)
+    if not ((models / "model.ts").is_file() and (models / "model.onnx").is_file()):
+        export_bundle(bundle, ckpt_dir=models, quiet=True, **task)
+    return {"data": data, "models": models, "task": task}
+
+
+def make_images(source: Path, out: Path, size: int, count: int, rounds: int) -> list[Path]:
+    """``count`` PNGs of ``size x size`` (the images of ``source`` resized in turn), split into ``rounds`` folders."""
+    files = sorted(source.iterdir())
+    folders = [out / f"round{r}" for r in range(rounds)]
+    for i in range(count):
+        target = folders[i % rounds] / f"bench{i:03d}.png"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(files[i % len(files)]).resize((size, size), Image.BICUBIC).save(target)
+    return folders
+
+
+def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], dict[str, Any]]:
+    if mode == "fp32":
+        return ["inference.json"], {}
+    if mode == "bf16":
+        return ["inference.json"], {"amp": True}
+    if mode == "torchscript":
+        handlers = [{"_target_": "StatsHandler", "iteration_log": False}]
+        return ["inference.json"], {"net": f"$torch.jit.load('{models / 'model.ts'}')", "handlers": handlers}
+    if mode == "onnx":
+        return ["inference.json", "inference_onnx.json"], {
+            "onnx_file": str(models / "model.onnx"),
+            "onnx_threads": threads,
+        }
+    raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}.")
+
+
+def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) -> list[float]:
+    """Run the bundle's inference workflow once; seconds per image, fetch to end of iteration."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    root = BUNDLES_DIR / bundle
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    wf = ConfigWorkflow(
+        config_file=[str(root / "configs" / c) for c in configs],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(root),
+        **overrides,
+    )
+    wf.initialize()
+    evaluator = wf.parser.get_parsed_content("evaluator")
+    times: list[float] = []
+    start = [0.0]
+    evaluator.add_event_handler(Events.GET_BATCH_STARTED, lambda _: start.__setitem__(0, time.perf_counter()))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: times.append(time.perf_counter() - start[0]))
+    wf.run()
+    wf.finalize()
+    return times
+
+
+def bench_bundle(
+    bundle: str,
+    sizes: list[int],
+    modes: list[str],
+    images: int,
+    rounds: int,
+    warmup: int,
+    threads: int,
+    epochs: int,
+    work: Path,
+) -> list[dict[str, Any]]:
+    """Every mode at every input size for one bundle.
+
+    The images are split into ``rounds`` folders and the modes take turns on each folder (in a rotating order), so
+    a change of load on the shared machine hits every mode alike; the first ``warmup`` images of each run are
+    dropped.
+    """
+    ready = prepare(bundle, work / bundle, epochs)
+    network = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())["network"]
+    rows = []
+    for size in sizes:
+        folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
+        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        outputs = {m: work / bundle / "out" / f"{m}_{size}" for m in modes}
+        for r, folder in enumerate(folders):
+            for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
+                configs, extra = _mode_overrides(mode, ready["models"], threads)
+                values = {"input_dir": str(folder), "output_dir": str(outputs[mode]), "ckpt_dir": str(ready["models"])}
+                values.update({"dataset_dir": str(ready["data"]), **ready["task"], **extra})
+                seconds[mode] += time_workflow(bundle, configs, values)[warmup:]
+        for mode in modes:
+            row = {"bundle": bundle, "network": network, "input_size": size, "mode": mode}
+            row["n_timed"] = len(seconds[mode])
+            row["p50_ms"] = round(1000 * statistics.median(seconds[mode]), 1)
+            row["p90_ms"] = round(1000 * float(np.percentile(seconds[mode], 90)), 1)
+            if mode != "fp32" and "fp32" in outputs:
+                row["agreement_vs_fp32"] = round(mask_agreement(outputs["fp32"], outputs[mode])["agreement"], 6)
+            row["correct"] = row.get("agreement_vs_fp32", 1.0) >= AGREEMENT
+            rows.append(row)
+            print(f"{bundle} {size} {mode}: p50 {row['p50_ms']} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def fastest(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per bundle and input size, the fastest mode whose masks are correct."""
+    best: dict[str, dict[str, str]] = {}
+    for r in results:
+        current = best.setdefault(r["bundle"], {}).get(str(r["input_size"]))
+        if r["correct"] and (current is None or r["p50_ms"] < _p50(results, r["bundle"], r["input_size"], current)):
+            best[r["bundle"]][str(r["input_size"])] = r["mode"]
+    return best
+
+
+def _p50(results: list[dict[str, Any]], bundle: str, size: int, mode: str) -> float:
+    return next(r["p50_ms"] for r in results if (r["bundle"], r["input_size"], r["mode"]) == (bundle, size, mode))
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """One row per bundle and input size: p50 per mode with its ratio to fp32, worst agreement, fastest correct."""
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    best = fastest(results)
+    head = ["bundle", "network", "input"] + [f"{m} p50 ms" for m in modes] + ["min agreement", "fastest correct"]
+    rows = [head]
+    for bundle, size in dict.fromkeys((r["bundle"], r["input_size"]) for r in results):
+        group = {r["mode"]: r for r in results if (r["bundle"], r["input_size"]) == (bundle, size)}
+        base = group.get("fp32", {}).get("p50_ms")
+        cells = []
+        for m in modes:
+            p50 = group[m]["p50_ms"] if m in group else None
+            ratio = f" ({p50 / base:.2f}x)" if p50 is not None and base and m != "fp32" else ""
+            cells.append("-" if p50 is None else f"{p50:.0f}{ratio}")
+        agreement = min((r.get("agreement_vs_fp32", 1.0) for r in group.values()), default=1.0)
+        rows.append(
+            [
+                bundle,
+                group[modes[0]]["network"],
+                f"{size}x{size}",
+                *cells,
+                f"{100 * agreement:.2f}%",
+                best.get(bundle, {}).get(str(size), "-"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def _as_list(value: str | int | tuple | list | None, default: list) -> list:
+    if value is None:
+        return list(default)
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def run(
+    bundles: str | tuple | None = None,
+    sizes: str | tuple = (256, 512),
+    modes: str | tuple = DEFAULT_MODES,
+    images: int = 24,
+    rounds: int = 4,
+    warmup: int = 1,
+    threads: int = 1,
+    epochs: int = 3,
+    work: str = str(DEFAULT_WORK),
+    out: str = str(DEFAULT_OUT),
+) -> None:
+    """Benchmark ``bundles`` (default: all), print the table, write the JSON results to ``out``."""
+    import onnxruntime
+
+    sys.path.insert(0, str(BUNDLES_DIR / "_shared"))
+    from scripts.engines import amp_mode
+
+    torch.set_num_threads(threads)
+    selected = _as_list(bundles, bundle_names())
+    size_list, mode_list = [int(s) for s in _as_list(sizes, [])], _as_list(modes, [])
+    timed = (images // rounds - warmup) * rounds
+    if timed < 20 or images % rounds:
+        raise ValueError(f"need >= 20 timed images and images divisible by rounds; got {images}, {rounds}, {warmup}.")
+    meta = {
+        "cpu": _cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "amp_true_resolves_to": amp_mode(True, "cpu") or "fp32 (no native bf16)",
+        "images_per_size": images,
+        "rounds": rounds,
+        "warmup_per_run": warmup,
+        "timed_per_mode": timed,
+        "train_epochs": epochs,
+        "load_average_start": os.getloadavg(),
+        "note": "per image: load PNG, preprocess, network at the bundle's spatial_size, invert, findings, save mask; "
+        "shared machine (other jobs running): compare ratios within one run",
+    }
+    started = time.perf_counter()
+    results = []
+    for bundle in selected:
+        results += bench_bundle(bundle, size_list, mode_list, images, rounds, warmup, threads, epochs, Path(work))
+    meta.update({"load_average_end": os.getloadavg(), "wall_s": round(time.perf_counter() - started, 1)})
+    print(format_table(results))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(
+        json.dumps({"meta": meta, "results": results, "fastest_correct": fastest(results)}, indent=4) + "\n"
+    )
+    print(f"wrote {out}")
+
+
+def show(path: str = str(DEFAULT_OUT)) -> None:
+    """Print the table of a results file."""
+    print(format_table(json.loads(Path(path).read_text())["results"]))
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "show": show})

@@ -1,0 +1,102 @@
+"""Export a bundle's trained network to TorchScript and ONNX with MONAI's bundle commands.
+
+* TorchScript: ``python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file
+  models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json`` (scripted, not traced:
+  every registered network scripts; the configs and metadata are stored inside the ``.ts``).
+* ONNX: ``python -m monai.bundle onnx_export network_def ... --use_trace True --input_shape [1, C, H, W]
+  --converter_kwargs {...}`` with the TorchScript-based exporter (``dynamo=False``: torch 2.13's default dynamo
+  exporter needs ``onnxscript``, which is not installed) and dynamic batch, height and width, so the model runs at
+  any ``spatial_size``.
+
+``configs/inference_onnx.json`` runs the ONNX model with ONNX Runtime; a TorchScript model loads with
+``torch.jit.load``. ``tests/test_export.py`` checks both against eager inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .bundles import config_value, override_args, resolve_bundle, run_monai_bundle
+
+__all__ = ["EXPORT_FORMATS", "ONNX_CONVERTER_KWARGS", "export_bundle", "export_commands"]
+
+EXPORT_FORMATS = ("torchscript", "onnx")
+ONNX_CONVERTER_KWARGS: dict[str, Any] = {
+    "dynamo": False,
+    "input_names": ["image"],
+    "output_names": ["pred"],
+    "dynamic_axes": {"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
+}
+FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+
+
+def export_commands(
+    bundle: str | Path, ckpt_file: str | Path, out_dir: str | Path, **overrides: Any
+) -> dict[str, list[str]]:
+    """The ``monai.bundle`` arguments of each export (run in the bundle folder).
+
+    Args:
+        bundle: bundle name or folder.
+        ckpt_file: the trained ``model.pt``.
+        out_dir: where ``model.ts`` and ``model.onnx`` go.
+        overrides: inference-config keys the model was trained with (``network``, ``num_classes``,
+            ``in_channels``, ``spatial_size``: the ONNX sample input is ``[1, in_channels, *spatial_size]``).
+    """
+    channels = int(config_value(bundle, "in_channels", **overrides))
+    size = [int(s) for s in config_value(bundle, "spatial_size", **overrides)]
+    common = ["--ckpt_file", str(ckpt_file), "--meta_file", "configs/metadata.json"]
+    common += ["--config_file", "configs/inference.json", *override_args(overrides)]
+    return {
+        "torchscript": ["ckpt_export", "network_def", "--filepath", str(Path(out_dir) / FILE_NAMES["torchscript"]), *common],
+        "onnx": [
+            "onnx_export", "network_def", "--filepath", str(Path(out_dir) / FILE_NAMES["onnx"]), *common,
+            "--use_trace", "True", "--input_shape", repr([1, channels, *size]),
+            "--converter_kwargs", repr(ONNX_CONVERTER_KWARGS),
+        ],
+    }  # fmt: skip
+
+
+def export_bundle(
+    bundle: str | Path,
+    ckpt_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    formats: tuple[str, ...] | list[str] | str = EXPORT_FORMATS,
+    quiet: bool = False,
+    **overrides: Any,
+) -> dict[str, Path]:
+    """Export ``<ckpt_dir>/model.pt`` of a bundle to ``<out_dir>/model.ts`` and ``<out_dir>/model.onnx``.
+
+    Args:
+        bundle: bundle name or folder.
+        ckpt_dir: folder of ``model.pt``; default ``<bundle>/models``.
+        out_dir: output folder; default ``ckpt_dir``.
+        formats: ``torchscript`` and/or ``onnx`` (a comma-separated string works).
+        quiet: capture the exporters' output (shown only on failure).
+        overrides: inference-config keys the model was trained with, see :func:`export_commands`.
+
+    Returns:
+        Format -> written file.
+
+    Raises:
+        FileNotFoundError: no ``model.pt`` in ``ckpt_dir``.
+        ValueError: an unknown format.
+    """
+    root = resolve_bundle(bundle)
+    ckpt = Path(ckpt_dir).resolve() if ckpt_dir else root / "models"
+    out = Path(out_dir).resolve() if out_dir else ckpt
+    selected = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in selected if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; valid: {', '.join(EXPORT_FORMATS)}.")
+    if not (ckpt / "model.pt").is_file():
+        raise FileNotFoundError(f"{ckpt / 'model.pt'} not found: train the bundle first or pass --ckpt_dir.")
+    out.mkdir(parents=True, exist_ok=True)
+    commands = export_commands(root, ckpt / "model.pt", out, **overrides)
+    written = {}
+    for fmt in selected:
+        run_monai_bundle(root, commands[fmt], quiet=quiet)
+        written[fmt] = out / FILE_NAMES[fmt]
+        if not written[fmt].is_file():
+            raise RuntimeError(f"the {fmt} export finished without writing {written[fmt]}.")
+    return written

@@ -1,0 +1,125 @@
+"""Exported models give the eager masks: TorchScript and ONNX via ``scripts/export_bundle.py``, ONNX Runtime inference."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_utils import SMALL, one_thread, run_workflow, train, use_bundle
+
+from lesiondata.export import ONNX_CONVERTER_KWARGS, export_bundle, export_commands
+from lesiondata.maskstats import mask_agreement, mean_dice
+
+NAME = "ph2_melanoma"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A PH2 model trained for a few epochs on synthetic data (non-trivial masks), exported by the bundle commands."""
+    from lesiondata.synthetic import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_demo_dataset(NAME, root / "data", n=20, seed=1)
+    train(NAME, data, root / "models", epochs=8)
+    files = export_bundle(NAME, ckpt_dir=root / "models", out_dir=root / "exported", quiet=True, spatial_size=[64, 64])
+    return {"root": root, "data": data, "models": root / "models", **files}
+
+
+def _infer(exported: dict[str, Path], out: str, configs: list[str], **overrides) -> Path:
+    out_dir = exported["root"] / out
+    common = {
+        "input_dir": str(exported["data"] / "imagesTr"),
+        "output_dir": str(out_dir),
+        "dataset_dir": str(exported["data"]),
+        "ckpt_dir": str(exported["models"]),
+        "spatial_size": SMALL["spatial_size"],
+    }
+    assert not run_workflow(NAME, configs, "infer", **{**common, **overrides})
+    return out_dir
+
+
+def test_export_commands_are_the_monai_bundle_commands(tmp_path: Path) -> None:
+    commands = export_commands(NAME, tmp_path / "model.pt", tmp_path, spatial_size=[64, 64])
+    assert commands["torchscript"][:4] == ["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts")]
+    assert commands["onnx"][:4] == ["onnx_export", "network_def", "--filepath", str(tmp_path / "model.onnx")]
+    onnx = commands["onnx"]
+    assert onnx[onnx.index("--input_shape") + 1] == "[1, 3, 64, 64]"
+    assert onnx[onnx.index("--use_trace") + 1] == "True"
+    for args in commands.values():
+        assert args[args.index("--config_file") + 1] == "configs/inference.json"
+        assert args[args.index("--meta_file") + 1] == "configs/metadata.json"
+
+
+def test_exported_models_match_eager_inference(exported: dict[str, Path]) -> None:
+    eager = _infer(exported, "eager", ["inference.json"])
+    script = _infer(
+        exported,
+        "torchscript",
+        ["inference.json"],
+        net=f"$torch.jit.load('{exported['torchscript']}')",
+        handlers=[{"_target_": "StatsHandler", "iteration_log": False}],
+    )
+    onnx = _infer(exported, "onnx", ["inference.json", "inference_onnx.json"], onnx_file=str(exported["onnx"]))
+    labels = exported["data"] / "labelsTr"
+    dice = {name: mean_dice(folder, labels) for name, folder in (("eager", eager), ("ts", script), ("onnx", onnx))}
+    assert dice["eager"] > 0.75, f"the masks must be non-trivial for the comparison to mean anything: {dice}"
+    for name, folder in (("ts", script), ("onnx", onnx)):
+        agreement = mask_agreement(eager, folder)
+        print(f"{name}: agreement {agreement}, dice {dice[name]:.5f} vs eager {dice['eager']:.5f}")
+        assert agreement["n_images"] == 20
+        assert agreement["agreement"] >= 0.995
+        assert abs(dice[name] - dice["eager"]) <= 0.002
+    findings = json.loads(next(onnx.glob("*_findings.json")).read_text())
+    assert findings["summary"]
+
+
+def test_torchscript_file_carries_the_bundle_configs(exported: dict[str, Path]) -> None:
+    extra = {"inference.json": "", "metadata.json": ""}
+    torch.jit.load(str(exported["torchscript"]), _extra_files=extra)
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.networks.build_network"
+    assert json.loads(extra["metadata.json"])["name"] == "PH2 dermoscopy melanoma segmentation"
+
+
+@pytest.mark.parametrize(("network", "channels"), [("fpn", 1), ("attention_unet", 3), ("unet", 1)])
+def test_default_networks_export_with_dynamic_shapes(network: str, channels: int) -> None:
+    """Every bundle's default network scripts and exports to ONNX; both match eager logits at another size."""
+    import onnxruntime as ort
+    from monai.networks.utils import convert_to_onnx, convert_to_torchscript
+
+    use_bundle("trus_prostate")
+    from scripts.networks import build_network
+
+    torch.manual_seed(0)
+    net = build_network(network, channels, 2, dropout=0.1).eval()
+    sample, other = torch.rand(1, channels, 64, 64), torch.rand(2, channels, 96, 128)
+    with torch.no_grad():
+        expected = net(other).numpy()
+        scripted = convert_to_torchscript(net, use_trace=False)(other).numpy()
+    model = convert_to_onnx(net, [sample], use_trace=True, **ONNX_CONVERTER_KWARGS)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"image": other.numpy()})
+    assert logits.shape == expected.shape == (2, 2, 96, 128)
+    np.testing.assert_allclose(scripted, expected, atol=1e-5)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_onnx_inferer_names_what_is_wrong(exported: dict[str, Path], tmp_path: Path) -> None:
+    use_bundle(NAME)
+    from scripts.onnx_inferer import OnnxInferer
+
+    with pytest.raises(FileNotFoundError, match="export_bundle.py"):
+        OnnxInferer(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="takes 3-channel images but in_channels is 1"):
+        OnnxInferer(exported["onnx"], in_channels=1)
+    logits = OnnxInferer(exported["onnx"], threads=1)(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
