@@ -7,9 +7,9 @@ Usage::
     python scripts/bench_inference.py run --modes fp32,bf16,onnx --threads 2
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
 
-For each bundle (its default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
+For each bundle (its current default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
 data at 64x64 (weights only matter for the masks being non-trivial) and exported to TorchScript and ONNX
-(``scripts/export_bundle.py``), all under ``benchmarks/work/inference``. Then, per input size, ``images`` synthetic
+(``scripts/export_bundle.py``), all under ``benchmarks/work/inference/<bundle>/<network>``. Then, per input size, ``images`` synthetic
 PNGs of ``size x size`` go through the bundle's inference workflow (``configs/inference.json``: load, preprocess,
 network, invert to the original size, findings, save) in each mode:
 
@@ -156,13 +156,13 @@ def bench_bundle(
     a change of load on the shared machine hits every mode alike; the first ``warmup`` images of each run are
     dropped.
     """
-    ready = prepare(bundle, work / bundle, epochs)
     network = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())["network"]
+    ready = prepare(bundle, work / bundle / network, epochs)
     rows = []
     for size in sizes:
         folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
         seconds: dict[str, list[float]] = {m: [] for m in modes}
-        outputs = {m: work / bundle / "out" / f"{m}_{size}" for m in modes}
+        outputs = {m: work / bundle / network / "out" / f"{m}_{size}" for m in modes}
         for r, folder in enumerate(folders):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 configs, extra = _mode_overrides(mode, ready["models"], threads)

@@ -92,7 +92,8 @@ def test_torchscript_file_carries_the_bundle_configs(exported: dict[str, Path]) 
 
 @pytest.mark.parametrize(("network", "channels"), [("fpn", 1), ("attention_unet", 3), ("unet", 1)])
 def test_default_networks_export_with_dynamic_shapes(network: str, channels: int) -> None:
-    """Every bundle's default network scripts and exports to ONNX; both match eager logits at another size."""
+    """UNet (every bundle's default) and the selectable FPN and AttentionUnet script and export to ONNX; both match
+    eager logits at a size other than the export size (dynamic axes)."""
     import onnxruntime as ort
     from monai.networks.utils import convert_to_onnx, convert_to_torchscript
 
