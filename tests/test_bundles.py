@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +268,23 @@ def test_mlflow_tracking_records_metrics(demo_data, tmp_path: Path) -> None:
     wf.finalize()
     keys = {k for (k,) in sqlite3.connect(db).execute("select distinct key from metrics")}
     assert {"train_loss", "val_mean_iou", "val_mean_dice"} <= keys
+
+
+def test_inference_in_bf16_writes_nifti_masks_at_the_original_size(demo_data, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    data = demo_data["ph2_melanoma"]
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    wf = _workflow(
+        "ph2_melanoma", ["inference.json"], "infer", input_dir=str(data / "imagesTr"), output_dir=str(tmp_path / "o"),
+        ckpt_dir=str(ckpt), dataset_dir=str(data), spatial_size=[64, 64], amp="bf16", output_ext=".nii.gz",
+    )
+    torch.save(wf.parser.get_parsed_content("network_def").state_dict(), ckpt / "model.pt")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    image = sorted((data / "imagesTr").iterdir())[0]
+    width, height = Image.open(image).size
+    mask = nib.load(str(tmp_path / "o" / f"{image.stem}_seg.nii.gz")).get_fdata()
+    assert mask.shape[:2] == (width, height) and set(np.unique(mask)) <= {0.0, 1.0}

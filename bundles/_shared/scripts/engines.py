@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 
@@ -43,11 +44,18 @@ class _AutocastMixin:
     def _iteration(self, engine, batchdata):
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.amp_device == "cpu" else contextlib.nullcontext()
         with ctx:
-            out = super()._iteration(engine, batchdata)
-        pred = out.get(CommonKeys.PRED) if isinstance(out, dict) else None
-        if isinstance(pred, torch.Tensor) and pred.dtype != torch.float32:
-            out[CommonKeys.PRED] = pred.float()
-        return out
+            return super()._iteration(engine, batchdata)
+
+    def _register_float_predictions(self) -> None:
+        """Post-processing and metrics run inside ``_iteration``: cast reduced-precision logits right after forward."""
+
+        def cast(engine) -> None:
+            pred = engine.state.output.get(CommonKeys.PRED)
+            if isinstance(pred, torch.Tensor) and pred.dtype in (torch.bfloat16, torch.float16):
+                engine.state.output[CommonKeys.PRED] = pred.float()
+
+        if self.amp_device is not None:
+            self.add_event_handler(IterationEvents.FORWARD_COMPLETED, cast)
 
 
 class Trainer(_AutocastMixin, SupervisedTrainer):
@@ -56,6 +64,7 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
+        self._register_float_predictions()
 
 
 class Evaluator(_AutocastMixin, SupervisedEvaluator):
@@ -64,3 +73,4 @@ class Evaluator(_AutocastMixin, SupervisedEvaluator):
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
+        self._register_float_predictions()
