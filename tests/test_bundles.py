@@ -11,31 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_utils import BUNDLES, ROOT, SMALL, use_bundle
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = ROOT / "bundles"
 NAMES = ["ph2_melanoma", "brain_tumor", "trus_prostate", "ipmn_histology"]
-SMALL = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
-
-sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def _use_bundle(name: str) -> Path:
-    """Make ``import scripts`` resolve to this bundle's package (as MONAI Label does)."""
-    bundle = BUNDLES / name
-    for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[mod]
-    if str(bundle) in sys.path:
-        sys.path.remove(str(bundle))
-    sys.path.insert(0, str(bundle))
-    return bundle
 
 
 def _workflow(name: str, configs: list[str], workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    bundle = _use_bundle(name)
+    bundle = use_bundle(name)
     wf = ConfigWorkflow(
         config_file=[str(bundle / "configs" / c) for c in configs],
         meta_file=str(bundle / "configs" / "metadata.json"),
@@ -184,7 +169,7 @@ def test_missing_dataset_dir_is_named_before_training(tmp_path: Path) -> None:
 
 
 def test_empty_datalist_and_unreadable_image_are_named(demo_data, tmp_path: Path) -> None:
-    _use_bundle("ph2_melanoma")
+    use_bundle("ph2_melanoma")
     from scripts.data import DataListError, load_split
 
     src = demo_data["ph2_melanoma"]
