@@ -12,8 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 stamp="$VENV/.requirements.sha256"
-want="$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -d' ' -f1) ${1:-runtime}"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+hash="$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+want="$hash ${1:-runtime}"
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [ "$have" = "$want" ] || [ "$have" = "$hash --dev" ]; then  # a --dev install covers the runtime
   echo "[setup_env] $VENV is up to date"
   exit 0
 fi
