@@ -47,12 +47,12 @@ def use_bundle(name: str) -> Path:
     return bundle
 
 
-def run_workflow(name: str, configs: list[str], workflow_type: str, **overrides: Any) -> list[str]:
-    """Initialise, check, run and finalise a ``ConfigWorkflow`` of bundle ``name``; return ``check_properties()``."""
+def make_workflow(name: str, configs: list[str], workflow_type: str, **overrides: Any):
+    """A ``ConfigWorkflow`` of bundle ``name`` over ``configs`` (file names in its ``configs/``), not yet initialised."""
     from monai.bundle import ConfigWorkflow
 
     bundle = use_bundle(name)
-    wf = ConfigWorkflow(
+    return ConfigWorkflow(
         config_file=[str(bundle / "configs" / c) for c in configs],
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(bundle / "configs" / "logging.conf"),
@@ -60,6 +60,11 @@ def run_workflow(name: str, configs: list[str], workflow_type: str, **overrides:
         bundle_root=str(bundle),
         **overrides,
     )
+
+
+def run_workflow(name: str, configs: list[str], workflow_type: str, **overrides: Any) -> list[str]:
+    """Initialise, check, run and finalise a ``ConfigWorkflow`` of bundle ``name``; return ``check_properties()``."""
+    wf = make_workflow(name, configs, workflow_type, **overrides)
     wf.initialize()
     missing = wf.check_properties() or []
     wf.run()

@@ -12,24 +12,10 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import BUNDLES, ROOT, SMALL, use_bundle
+from bundle_utils import make_workflow as _workflow
 from PIL import Image
 
 NAMES = ["ph2_melanoma", "brain_tumor", "trus_prostate", "ipmn_histology"]
-
-
-def _workflow(name: str, configs: list[str], workflow_type: str, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    bundle = use_bundle(name)
-    wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / c) for c in configs],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    return wf
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +248,16 @@ def test_inference_in_bf16_writes_nifti_masks_at_the_original_size(demo_data, tm
     ckpt = tmp_path / "models"
     ckpt.mkdir()
     wf = _workflow(
-        "ph2_melanoma", ["inference.json"], "infer", input_dir=str(data / "imagesTr"), output_dir=str(tmp_path / "o"),
-        ckpt_dir=str(ckpt), dataset_dir=str(data), spatial_size=[64, 64], amp="bf16", output_ext=".nii.gz",
+        "ph2_melanoma",
+        ["inference.json"],
+        "infer",
+        input_dir=str(data / "imagesTr"),
+        output_dir=str(tmp_path / "o"),
+        ckpt_dir=str(ckpt),
+        dataset_dir=str(data),
+        spatial_size=[64, 64],
+        amp="bf16",
+        output_ext=".nii.gz",
     )
     torch.save(wf.parser.get_parsed_content("network_def").state_dict(), ckpt / "model.pt")
     wf.initialize()
