@@ -11,6 +11,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# pip warns once per package about this machine's optional local index folders; keep real errors visible
+pip_install() {
+  "${PIP[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
 stamp="$VENV/.requirements.sha256"
 hash="$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 want="$hash ${1:-runtime}"
@@ -21,11 +26,11 @@ if [ "$have" = "$want" ] || [ "$have" = "$hash --dev" ]; then  # a --dev install
 fi
 echo "[setup_env] installing requirements into $VENV (a few minutes on a new machine)"
 # torch first, pinned, so nothing later resolves a newer (CUDA) build.
-"${PIP[@]}" "$(grep -E '^torch==' requirements.txt)"
-"${PIP[@]}" -r requirements.txt
-"${PIP[@]}" --no-deps -r requirements-nodeps.txt
+pip_install "$(grep -E '^torch==' requirements.txt)"
+pip_install -r requirements.txt
+pip_install --no-deps -r requirements-nodeps.txt
 if [ "${1:-}" = "--dev" ]; then
-  "${PIP[@]}" -r requirements-dev.txt
+  pip_install -r requirements-dev.txt
 fi
 "$VENV/bin/python" -c "import torch, monai, monailabel; print('[setup_env] torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
 echo "$want" > "$stamp"
