@@ -216,7 +216,10 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
         # gloo can abort a rank at interpreter exit ("terminate called without an active exception") after the
         # run has finished; that teardown race, and only that, gets one more try.
-        if result.returncode == 0 or "terminate called without an active exception" not in result.stdout + result.stderr:
+        if (
+            result.returncode == 0
+            or "terminate called without an active exception" not in result.stdout + result.stderr
+        ):
             break
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
