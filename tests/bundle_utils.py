@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 SMALL = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
@@ -34,6 +36,13 @@ def one_thread() -> Iterator[None]:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread_module() -> Iterator[None]:
+    """Module-wide :func:`one_thread`; import it into a test module to apply it there (pytest finds it by name)."""
+    with one_thread():
+        yield
 
 
 def use_bundle(name: str) -> Path:

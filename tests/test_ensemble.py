@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import ROOT, SMALL, one_thread, run_workflow, train, use_bundle
+from bundle_utils import (
+    ROOT,
+    SMALL,
+    run_workflow,
+    single_thread_module,  # noqa: F401  (autouse fixture: one torch thread)
+    train,
+    use_bundle,
+)
 from PIL import Image
 
 from lesiondata.crossval import train_folds
@@ -18,12 +24,6 @@ from lesiondata.maskstats import mask_agreement
 
 NAME = "ph2_melanoma"
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundle_utils import SMALL, one_thread, run_workflow, train, use_bundle
+from bundle_utils import (
+    SMALL,
+    run_workflow,
+    single_thread_module,  # noqa: F401  (autouse fixture: one torch thread)
+    train,
+    use_bundle,
+)
 
 from lesiondata.export import ONNX_CONVERTER_KWARGS, export_bundle, export_commands
 from lesiondata.maskstats import mask_agreement, mean_dice
 
 NAME = "ph2_melanoma"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from bundle_utils import ROOT, one_thread, train, use_bundle
+from bundle_utils import (
+    ROOT,
+    single_thread_module,  # noqa: F401  (autouse fixture: one torch thread)
+    train,
+    use_bundle,
+)
 from PIL import Image
 
 from lesiondata.packaging import package_bundle
 
 NAME = "ph2_melanoma"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
