@@ -14,9 +14,11 @@ Results go to ``benchmarks/results/accuracy_<task>.json`` with the hardware, wal
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
 RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = ROOT / "benchmarks" / "splits"
+WORK = ROOT / "benchmarks" / "work"
 
 
 def _cpu() -> str:
@@ -39,6 +42,10 @@ def _cpu() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def _hardware() -> str:
+    return f"{_cpu()}, {os.cpu_count()} cores"
 
 
 def _commit() -> str:
@@ -61,22 +68,15 @@ def check_split(task: str, dataset_dir: Path, fold: int = 0) -> list[str]:
     return cases
 
 
-def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
-    """Train + evaluate one bundle; returns the result record."""
+def _dice_jaccard(summary: dict) -> tuple[dict, dict, dict]:
+    c = summary["classes"]["1"]
+    return c, c["dice_nonempty"], c["jaccard_nonempty"]
+
+
+def evaluate_task(task: str, work: Path, extra: list[str], out: Path) -> dict:
+    """Evaluate the checkpoint in ``work/models`` on fold 0 at the original size; returns metrics_summary."""
     bundle = ROOT / "bundles" / task
     dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
-    if not (dataset_dir / "datalist.json").is_file():
-        raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
-    cases = check_split(task, dataset_dir)
-    ckpt, out = work / task / "models", work / task / "eval"
-    common = ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(out), *extra]
-    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *common]
-    train += ["--time_limit_minutes", str(minutes)]
-    if max_epochs:
-        train += ["--max_epochs", str(max_epochs)]
-    t0 = time.perf_counter()
-    subprocess.run(train, cwd=bundle, check=True)
-    train_seconds = time.perf_counter() - t0
     evaluate = [
         sys.executable,
         "-m",
@@ -84,11 +84,36 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         "run",
         "--config_file",
         "['configs/train.json','configs/evaluate.json']",
-        *common,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--ckpt_dir",
+        str(work / "models"),
+        "--output_dir",
+        str(out),
+        *extra,
     ]
     subprocess.run(evaluate, cwd=bundle, check=True)
+    return json.loads((out / "metrics_summary.json").read_text())
+
+
+def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
+    """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record."""
+    bundle = ROOT / "bundles" / task
+    dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
+    if not (dataset_dir / "datalist.json").is_file():
+        raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
+    cases = check_split(task, dataset_dir)
+    ckpt = work / "models"
+    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    train += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(work / "eval"), *extra]
+    train += ["--time_limit_minutes", str(minutes)]
+    if max_epochs:
+        train += ["--max_epochs", str(max_epochs)]
+    t0 = time.perf_counter()
+    subprocess.run(train, cwd=bundle, check=True)
+    train_seconds = time.perf_counter() - t0
+    summary = evaluate_task(task, work, extra, work / "eval")
     history = json.loads((ckpt / "history.json").read_text())
-    summary = json.loads((out / "metrics_summary.json").read_text())
     epoch_s = sorted(h["epoch_seconds"] for h in history)
     return {
         "task": task,
@@ -101,7 +126,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
         "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
         "summary": summary,
-        "hardware": f"{_cpu()}, {os.cpu_count()} cores",
+        "hardware": _hardware(),
         "commit": _commit(),
         "command": "python scripts/bench_accuracy.py run --tasks "
         + task
@@ -127,12 +152,141 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "") -> None:
-    """Train + evaluate ``tasks`` (comma list or ``all``) for at most ``minutes`` of training each.
+def _overrides(combo: dict) -> list[str]:
+    """Bundle command-line overrides for one grid point (Python literals: fire parses ``True``, not ``true``)."""
+    out = []
+    for key, value in combo.items():
+        out += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return out
 
-    ``overrides`` are extra bundle arguments, e.g. ``--overrides "--network segnet --loss dice"``.
+
+def _grid(grid: str | dict) -> list[dict]:
+    """All combinations of a ``{"key": [values...]}`` grid (JSON text or a dict), in order."""
+    spec = json.loads(grid) if isinstance(grid, str) else dict(grid)
+    spec = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in spec.items()}
+    return [dict(zip(spec, values, strict=True)) for values in itertools.product(*spec.values())]
+
+
+def _slug(combo: dict) -> str:
+    text = "_".join(f"{k}-{v}" for k, v in combo.items()) or "default"
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)[:120]
+
+
+def _row(summary: dict) -> dict:
+    c, d, j = _dice_jaccard(summary)
+    return {
+        "dice_mean": d["mean"],
+        "dice_median": d["median"],
+        "dice_worst": d["worst"],
+        "jaccard_mean": j["mean"],
+        "pooled_dice": c["pooled_dice"],
+        "pooled_jaccard": c["pooled_jaccard"],
+        "empty_truth_cases": c["empty_truth_cases"],
+        "empty_predicted_empty": c["empty_predicted_empty"],
+    }
+
+
+def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) -> str:
+    cols = [*keys, *extra, "dice_mean", "dice_median", "dice_worst", "jaccard_mean", "pooled_dice", "pooled_jaccard"]
+    if any(r["empty_truth_cases"] for r in rows):
+        cols.append("empty_predicted_empty")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c not in keys else str(r[c]) for c in cols]
+        if "empty_predicted_empty" in cols:
+            cells[-1] = f"{r['empty_predicted_empty']}/{r['empty_truth_cases']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _best(rows: list[dict]) -> dict:
+    """Highest mean Dice over non-empty cases; ties broken by pooled Dice, then empty cases predicted empty."""
+    return max(rows, key=lambda r: (round(r["dice_mean"], 4), round(r["pooled_dice"], 4), r["empty_predicted_empty"]))
+
+
+def _save(name: str, payload: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+
+
+def postprocess(
+    tasks: str = "all",
+    grid: str | dict = '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}',
+) -> None:
+    """Re-evaluate each task's trained checkpoint (``benchmarks/work/<task>/models``, from ``run``) over a grid of
+    evaluation-time options: flip TTA views, largest component, hole filling, minimum component size.
+
+    Writes ``benchmarks/results/postprocess_<task>.{json,md}`` and prints the table and the best setting.
     """
-    extra = shlex.split(overrides)
+    for task in _names(tasks):
+        work = WORK / task
+        if not (work / "models" / "model.pt").is_file():
+            raise SystemExit(
+                f"{work / 'models' / 'model.pt'} missing: run `bench_accuracy.py run --tasks {task}` first."
+            )
+        combos, rows = _grid(grid), []
+        for combo in combos:
+            summary = evaluate_task(task, work, _overrides(combo), work / f"eval_{_slug(combo)}")
+            rows.append({**combo, **_row(summary)})
+        best = _best(rows)
+        markdown = f"## {task}: evaluation-time options (fold 0, checkpoint {work / 'models'})\n\n"
+        markdown += _grid_table(rows, list(combos[0]))
+        markdown += f"\n\nBest: {json.dumps({k: best[k] for k in combos[0]})}"
+        record = {"task": task, "grid": grid, "rows": rows, "best": best, "commit": _commit(), "hardware": _hardware()}
+        record["command"] = (
+            f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{json.dumps(grid) if not isinstance(grid, str) else grid}'"
+        )
+        _save(f"postprocess_{task}", record, markdown)
+        print(markdown)
+
+
+def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | None = None) -> None:
+    """Train + evaluate ``task`` for every point of ``grid`` through the bundle's own overrides.
+
+    Example (the PH2 seed's comparison, on true Dice/Jaccard)::
+
+        python scripts/bench_accuracy.py sweep ph2_melanoma \\
+            --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice"], "learning_rate": [0.001, 0.002]}' \\
+            --max_epochs 20
+
+    Each run lives in ``benchmarks/work/sweep/<task>/<point>``; the table (sorted by mean Dice), training time
+    and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``.
+    """
+    combos, rows = _grid(grid), []
+    for combo in combos:
+        record = run_task(task, minutes, max_epochs, _overrides(combo), WORK / "sweep" / task / _slug(combo))
+        rows.append(
+            {
+                **combo,
+                "epochs": record["epochs"],
+                "train_min": round(record["train_seconds"] / 60, 1),
+                **_row(record["summary"]),
+            }
+        )
+    rows.sort(key=lambda r: -r["dice_mean"])
+    best = _best(rows)
+    keys = list(combos[0])
+    markdown = f"## {task}: sweep (fold 0, true Dice/Jaccard at original size)\n\n"
+    markdown += _grid_table(rows, keys, ("epochs", "train_min"))
+    markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})}"
+    command = (
+        f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
+    )
+    command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
+    payload = {
+        "task": task,
+        "rows": rows,
+        "best": best,
+        "commit": _commit(),
+        "hardware": _hardware(),
+        "command": command,
+    }
+    _save(f"sweep_{task}", payload, markdown)
+    print(markdown)
+
+
+def _names(tasks: str | tuple) -> list[str]:
     if isinstance(tasks, (list, tuple)):  # fire turns "a,b" into a tuple
         names = [str(t) for t in tasks]
     else:
@@ -140,10 +294,18 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
     unknown = [t for t in names if t not in DATASETS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(DATASETS)} or all.")
-    work = ROOT / "benchmarks" / "work"
+    return names
+
+
+def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "") -> None:
+    """Train + evaluate ``tasks`` (comma list or ``all``) for at most ``minutes`` of training each.
+
+    ``overrides`` are extra bundle arguments, e.g. ``--overrides "--network segnet --loss dice"``.
+    """
+    extra = shlex.split(overrides)
     records = []
-    for task in names:
-        record = run_task(task, minutes, max_epochs, extra, work)
+    for task in _names(tasks):
+        record = run_task(task, minutes, max_epochs, extra, WORK / task)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"accuracy_{task}.json").write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)
@@ -151,4 +313,4 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run})
+    fire.Fire({"run": run, "postprocess": postprocess, "sweep": sweep})

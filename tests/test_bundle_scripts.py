@@ -22,6 +22,7 @@ from scripts.losses import LOSSES, build_loss  # noqa: E402
 from scripts.optim import build_optimizer, build_scheduler, scheduler_step_input  # noqa: E402
 from scripts.report import image_scores, summarise_scores  # noqa: E402
 from scripts.transforms import EnsureChannelsd, clean_mask, diffusion_filter  # noqa: E402
+from scripts.uncertainty import FlipTTAInferer  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -106,6 +107,40 @@ def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:
     out = clean_mask(mask, 2, keep_largest=True, fill_holes=True)
     assert out[15:17, 25:27].sum() == 0 and out[5:7, 5:7].all() and out[2:12, 2:12].all()
     assert np.array_equal(clean_mask(mask, 2), mask)
+
+
+def test_clean_mask_drops_small_components_and_can_empty_a_mask() -> None:
+    mask = np.zeros((40, 60), dtype=np.int64)
+    mask[5:25, 5:25] = 1  # 400 px = 1/6 of the image
+    mask[30:32, 50:52] = 1  # 4 px
+    out = clean_mask(mask, 2, min_component_fraction=0.01)  # 24 px threshold
+    assert out[5:25, 5:25].all() and not out[30:32, 50:52].any()
+    only_small = np.zeros_like(mask)
+    only_small[30:32, 50:52] = 1
+    assert not clean_mask(only_small, 2, min_component_fraction=0.01).any()
+
+
+def test_flip_tta_inferer_averages_probabilities_over_flips() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    x = torch.rand(2, 1, 8, 12)
+    with torch.no_grad():
+        assert torch.equal(FlipTTAInferer(1)(x, net), net(x))
+        out = FlipTTAInferer(4)(x, net)
+        expected = torch.stack(
+            [
+                torch.softmax(net(x), 1),
+                torch.softmax(net(x.flip(3)), 1).flip(3),
+                torch.softmax(net(x.flip(2)), 1).flip(2),
+                torch.softmax(net(x.flip((2, 3))), 1).flip((2, 3)),
+            ]
+        ).mean(0)
+    # the bundle's Activationsd(softmax=True) turns the returned log-probabilities back into the mean
+    assert torch.allclose(torch.softmax(out, 1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        FlipTTAInferer(8)(x, net)
+    with pytest.raises(ValueError, match="tta_views"):
+        FlipTTAInferer(0)
 
 
 def test_findings_on_a_non_square_mask() -> None:

@@ -107,7 +107,13 @@ class DiffusionFilterd(MapTransform):
         return d
 
 
-def clean_mask(mask: np.ndarray, num_classes: int, keep_largest: bool = False, fill_holes: bool = False) -> np.ndarray:
+def clean_mask(
+    mask: np.ndarray,
+    num_classes: int,
+    keep_largest: bool = False,
+    fill_holes: bool = False,
+    min_component_fraction: float = 0.0,
+) -> np.ndarray:
     """Post-process a 2D integer label map: keep each label's largest connected component and/or fill its holes.
 
     Args:
@@ -115,14 +121,24 @@ def clean_mask(mask: np.ndarray, num_classes: int, keep_largest: bool = False, f
         num_classes: labels are 1..num_classes-1 (0 is background).
         keep_largest: keep only the largest 8-connected component of each label.
         fill_holes: fill holes fully enclosed by a label.
+        min_component_fraction: drop 8-connected components smaller than this fraction of the image area
+            (applied first; a mask whose components are all smaller comes out empty).
     """
-    if not (keep_largest or fill_holes):
+    if not (keep_largest or fill_holes or min_component_fraction > 0):
         return mask
     out = mask.copy()
     for value in range(1, int(num_classes)):
         region = mask == value
         if not region.any():
             continue
+        if min_component_fraction > 0:
+            components, n = ndimage.label(region, structure=np.ones((3, 3)))
+            sizes = ndimage.sum_labels(region, components, index=range(1, n + 1))
+            small = [i + 1 for i, size in enumerate(sizes) if size < min_component_fraction * mask.size]
+            region = region & ~np.isin(components, small)
+            if not region.any():
+                out[mask == value] = 0
+                continue
         if keep_largest:
             components, n = ndimage.label(region, structure=np.ones((3, 3)))
             if n > 1:
@@ -136,7 +152,7 @@ def clean_mask(mask: np.ndarray, num_classes: int, keep_largest: bool = False, f
 
 
 class CleanMaskd(MapTransform):
-    """Dictionary wrapper of :func:`clean_mask` for channel-first (1, X, Y) label maps; both options off = no-op."""
+    """Dictionary wrapper of :func:`clean_mask` for channel-first (1, X, Y) label maps; all options off = no-op."""
 
     def __init__(
         self,
@@ -144,19 +160,27 @@ class CleanMaskd(MapTransform):
         num_classes: int,
         keep_largest: bool = False,
         fill_holes: bool = False,
+        min_component_fraction: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.num_classes, self.keep_largest, self.fill_holes = int(num_classes), bool(keep_largest), bool(fill_holes)
+        if not 0.0 <= float(min_component_fraction) < 1.0:
+            raise ValueError(f"min_component_fraction must be in [0, 1); got {min_component_fraction}.")
+        self.min_component_fraction = float(min_component_fraction)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        if not (self.keep_largest or self.fill_holes):
+        if not (self.keep_largest or self.fill_holes or self.min_component_fraction > 0):
             return d
         for key in self.key_iterator(d):
             img = d[key]
             cleaned = clean_mask(
-                np.asarray(img.detach().cpu())[0].astype(np.int64), self.num_classes, self.keep_largest, self.fill_holes
+                np.asarray(img.detach().cpu())[0].astype(np.int64),
+                self.num_classes,
+                self.keep_largest,
+                self.fill_holes,
+                self.min_component_fraction,
             )
             new = torch.as_tensor(cleaned[None], dtype=img.dtype, device=img.device)
             d[key] = img.clone().copy_(new) if hasattr(img, "meta") else new

@@ -5,14 +5,18 @@ the mask is the ordinary single-pass prediction (unchanged by the option), and t
 over ``samples`` stochastic or augmented passes, of the foreground probability ``1 - p(background)``. It lies in
 [0, 0.25]; the config inverts it to the original image size and saves it as ``<name>_uncertainty.nii.gz``
 (float32, not rescaled).
+
+:class:`FlipTTAInferer` is the same flip averaging used for the mask itself (``tta_views`` in ``evaluate`` and
+``inference``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
+from monai.inferers import Inferer
 from monai.networks.utils import eval_mode
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
@@ -22,6 +26,7 @@ from .networks import enable_mc_dropout
 
 __all__ = [
     "UNCERTAINTY_MODES",
+    "FlipTTAInferer",
     "UncertaintyMapd",
     "flip_views",
     "foreground_variance",
@@ -147,3 +152,40 @@ class UncertaintyMapd(MapTransform):
             variance = foreground_variance(sample_probabilities(self.network, batch, self.mode, self.samples))[0]
             d[self.output_key] = convert_to_dst_type(variance.cpu(), image, dtype=torch.float32)[0]
         return d
+
+
+class FlipTTAInferer(Inferer):
+    """Test-time augmentation over flips: the mean of the softmax over the first ``views`` of :func:`flip_views`.
+
+    Returns ``log(mean probability)`` so that the bundle's usual ``Activationsd(softmax=True)`` turns it back into
+    the averaged probabilities exactly; ``views=1`` is the plain single pass (logits unchanged). 2 views = identity
+    + left-right flip, 4 = all four flips, 8 = also the transposes (square inputs only). ``base`` is the inferer
+    each view goes through (e.g. :class:`scripts.onnx_inferer.OnnxInferer`); ``None`` calls the network directly.
+    """
+
+    def __init__(self, views: int = 1, base: Inferer | None = None) -> None:
+        super().__init__()
+        if not 1 <= int(views) <= MAX_FLIP_VIEWS:
+            raise ValueError(f"tta_views must be between 1 (no TTA) and {MAX_FLIP_VIEWS}; got {views}.")
+        self.views, self.base = int(views), base
+
+    def _run(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        if self.base is None:
+            return network(inputs, *args, **kwargs)
+        return self.base(inputs, network, *args, **kwargs)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        if self.views == 1:
+            return self._run(inputs, network, *args, **kwargs)
+        views = flip_views(inputs.shape[2], inputs.shape[3])
+        if self.views > len(views):
+            raise ValueError(
+                f"tta_views={self.views} but a {inputs.shape[2]}x{inputs.shape[3]} input has {len(views)} flip views "
+                "(transposes need a square spatial_size)."
+            )
+        total = None
+        for view in views[: self.views]:
+            logits = self._run(_apply(inputs, *view).contiguous(), network, *args, **kwargs)
+            probs = _undo(torch.softmax(torch.as_tensor(logits).float(), 1), *view)
+            total = probs if total is None else total + probs
+        return torch.log((total / self.views).clamp_min(1e-7))

@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Training speed of a bundle against a plain PyTorch baseline written the way the seed projects trained.
+
+Usage::
+
+    python scripts/bench_speed.py run --task ph2_melanoma --epochs 12 --seeds 0,1,2
+
+Both sides train the same network (the bundle's ``network_def``), loss, optimizer, schedule, transforms and data
+(fold 0 of ``data/prepared/<set>``) for the same number of epochs; only the pipeline differs:
+
+* **baseline** (the seeds' way): a plain ``torch.utils.data.Dataset`` that re-reads every PNG and re-runs every
+  transform each epoch, a ``DataLoader`` with the same ``num_workers``, and an fp32 eager loop
+  (``zero_grad / forward / loss / backward / step``).
+* **bundle**: ``python -m monai.bundle run training`` as shipped (``CacheDataset`` of the deterministic transforms,
+  the MONAI engine, ``--amp True`` = bf16 autocast on a CPU with native bf16, fp16 AMP on CUDA).
+
+Validation runs once, after the last epoch, on the same fold-0 cases with the same metric (MONAI ``MeanDice`` over
+the foreground at ``spatial_size``), so the training epoch times exclude it. Each seed runs both sides back to back;
+the ratio is taken per seed, in one run. Writes ``benchmarks/results/speed_<task>_<device>.{json,md}`` and a bar
+plot ``speed_<task>_<device>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
+
+
+def _seeds(seeds) -> list[int]:
+    if isinstance(seeds, (list, tuple)):
+        return [int(s) for s in seeds]
+    return [int(s) for s in str(seeds).split(",") if s.strip()]
+
+
+def baseline(task: str, dataset_dir: str, epochs: int, seed: int, out: str, device: str = "auto") -> None:
+    """Train the plain PyTorch baseline once and write its epoch times and final validation Dice to ``out``."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.metrics import DiceMetric
+    from monai.transforms import AsDiscrete, Compose
+    from monai.utils import set_determinism
+
+    bundle = ROOT / "bundles" / task
+    sys.path.insert(0, str(bundle))  # the bundle's own `scripts` package (networks, losses, optim, data)
+    import scripts.data
+
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": dataset_dir, "max_epochs": epochs, "seed": seed})
+    parser.update({"device": f"$torch.device('{dev}')"})
+    set_determinism(seed=seed)
+    net = parser.get_parsed_content("net")
+    loss_function = parser.get_parsed_content("loss_function")
+    optimizer = parser.get_parsed_content("optim")
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    load = parser.get_parsed_content("load_transforms")
+    augment = parser.get_parsed_content("augment_transforms")
+    batch_size, workers = parser.get_parsed_content("batch_size"), parser.get_parsed_content("num_workers")
+    num_classes = parser.get_parsed_content("num_classes")
+
+    class PlainDataset(torch.utils.data.Dataset):
+        """Re-reads and re-transforms each file every time it is asked for (no cache)."""
+
+        def __init__(self, items: list[dict], transform: Compose) -> None:
+            self.items, self.transform = items, transform
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            d = self.transform(dict(self.items[index]))
+            return torch.as_tensor(d["image"]), torch.as_tensor(d["label"])
+
+    train_items = scripts.data.load_split(dataset_dir, "train", 0)
+    val_items = scripts.data.load_split(dataset_dir, "val", 0)
+    loader = torch.utils.data.DataLoader(
+        PlainDataset(train_items, Compose([*load, *augment])),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    epoch_seconds = []
+    for _ in range(epochs):
+        net.train()
+        t0 = time.perf_counter()
+        for image, label in loader:
+            image, label = image.to(dev), label.to(dev)
+            optimizer.zero_grad()
+            loss = loss_function(net(image), label)
+            loss.backward()
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - t0)
+        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()
+    net.eval()
+    metric = DiceMetric(include_background=False)
+    onehot = AsDiscrete(to_onehot=num_classes)
+    val = PlainDataset(val_items, Compose(load))
+    with torch.no_grad():
+        for i in range(len(val)):
+            image, label = val[i]
+            pred = net(image[None].to(dev)).argmax(1).cpu()
+            metric(y_pred=onehot(pred)[None], y=onehot(label.to(torch.long))[None])
+    Path(out).write_text(json.dumps({"epoch_seconds": epoch_seconds, "val_dice": float(metric.aggregate().item())}))
+
+
+def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path) -> dict:
+    bundle = ROOT / "bundles" / task
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    cmd += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(work), "--output_dir", str(work / "eval")]
+    cmd += ["--max_epochs", str(epochs), "--val_interval", str(epochs), "--seed", str(seed), "--amp", str(amp)]
+    subprocess.run(cmd, cwd=bundle, check=True, stdout=subprocess.DEVNULL)
+    history = json.loads((work / "history.json").read_text())
+    # the last epoch's time includes the one validation pass: leave it out
+    return {"epoch_seconds": [h["epoch_seconds"] for h in history[:-1]], "val_dice": history[-1]["val_mean_dice"]}
+
+
+def _plot(path: Path, rows: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"seed {r['seed']}" for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["baseline_epoch_s"] for r in rows], width=0.4, label="plain PyTorch baseline")
+    ax.bar([i + 0.2 for i in x], [r["bundle_epoch_s"] for r in rows], width=0.4, label="bundle")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("median training epoch (s)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(task: str = "ph2_melanoma", epochs: int = 12, seeds: str = "0,1,2", amp: bool = True) -> None:
+    """Baseline vs bundle for each seed; prints the table and writes JSON, markdown and a PNG."""
+    import torch
+
+    dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
+    if not (dataset_dir / "datalist.json").is_file():
+        raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+        for seed in _seeds(seeds):
+            out = Path(tmp) / f"baseline_{seed}.json"
+            cmd = [sys.executable, __file__, "baseline", "--task", task, "--dataset_dir", str(dataset_dir)]
+            cmd += ["--epochs", str(epochs), "--seed", str(seed), "--out", str(out)]
+            subprocess.run(cmd, check=True)
+            base = json.loads(out.read_text())
+            fast = _bundle(task, dataset_dir, epochs, seed, amp, Path(tmp) / f"bundle_{seed}")
+            b, f = statistics.median(base["epoch_seconds"]), statistics.median(fast["epoch_seconds"])
+            rows.append(
+                {
+                    "seed": seed,
+                    "baseline_epoch_s": round(b, 3),
+                    "bundle_epoch_s": round(f, 3),
+                    "speedup": round(b / f, 2),
+                    "baseline_val_dice": round(base["val_dice"], 4),
+                    "bundle_val_dice": round(fast["val_dice"], 4),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    mean = {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0] if k != "seed"}
+    lines = [
+        f"## {task}: training speed, plain PyTorch baseline vs bundle ({device}, {epochs} epochs, amp={amp})",
+        "",
+        "| seed | baseline s/epoch | bundle s/epoch | speed-up | baseline val Dice | bundle val Dice |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in [*rows, {"seed": "mean", **mean}]:
+        lines.append(
+            f"| {r['seed']} | {r['baseline_epoch_s']} | {r['bundle_epoch_s']} | {r['speedup']}x "
+            f"| {r['baseline_val_dice']} | {r['bundle_val_dice']} |"
+        )
+    markdown = "\n".join(lines)
+    command = (
+        f"python scripts/bench_speed.py run --task {task} --epochs {epochs} --seeds {','.join(map(str, _seeds(seeds)))}"
+    )
+    payload = {
+        "task": task,
+        "device": device,
+        "epochs": epochs,
+        "amp": amp,
+        "rows": rows,
+        "mean": mean,
+        "dice_gap": round(mean["bundle_val_dice"] - mean["baseline_val_dice"], 4),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "command": command,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"speed_{task}_{device}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+    _plot(RESULTS / f"{name}.png", rows, f"{task}: {epochs} epochs, {device}")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "baseline": baseline})
