@@ -65,6 +65,20 @@ def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
     if name == "ph2_melanoma":
         # the easy synthetic lesion is learnt: true Dice at the original size
         assert summary["classes"]["1"]["dice_nonempty"]["mean"] > 0.8
+        # evaluation-time options: 4-view flip TTA, largest component, hole filling (one lesion per image)
+        post = {"tta_views": 4, "keep_largest_component": True, "fill_holes": True}
+        evaluate = _workflow(
+            name, ["train.json", "evaluate.json"], "eval", **{**common, **post, "output_dir": str(out / "post")}
+        )
+        evaluate.initialize()
+        evaluate.run()
+        evaluate.finalize()
+        cleaned = json.loads((out / "post" / "metrics_summary.json").read_text())
+        assert cleaned["classes"]["1"]["dice_nonempty"]["mean"] > 0.8
+        for mask_file in (out / "post" / "predictions").glob("*.png"):
+            from scipy import ndimage
+
+            assert ndimage.label(np.asarray(Image.open(mask_file)) > 0)[1] <= 1, f"{mask_file.name}: >1 component"
 
     images = data / "imagesTr"
     infer_out = tmp_path / "pred"
@@ -91,6 +105,39 @@ def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
         findings = json.loads((infer_out / f"{image.stem}_findings.json").read_text())
         assert findings["image_size"] == list(Image.open(image).size)
         assert findings["summary"]
+
+
+def test_init_weights_loads_a_checkpoint_before_training(demo_data, tmp_path: Path) -> None:
+    """``--init_weights`` (fine-tuning, weak-supervision pre-training) copies every matching tensor into ``net``."""
+    common = {"dataset_dir": str(demo_data["brain_tumor"]), "ckpt_dir": str(tmp_path / "m"), **SMALL}
+    donor = _workflow("brain_tumor", ["train.json"], "train", seed=7, **common).parser.get_parsed_content("net")
+    torch.save({"model": donor.state_dict()}, tmp_path / "donor.pt")
+    fresh = _workflow("brain_tumor", ["train.json"], "train", **common)
+    fresh.initialize()
+    tuned = _workflow("brain_tumor", ["train.json"], "train", init_weights=str(tmp_path / "donor.pt"), **common)
+    tuned.initialize()
+    donor_state, tuned_state = donor.state_dict(), tuned.parser.get_parsed_content("net").state_dict()
+    assert all(torch.equal(donor_state[k], tuned_state[k]) for k in donor_state)
+    fresh_state = fresh.parser.get_parsed_content("net").state_dict()
+    assert not all(torch.equal(fresh_state[k], tuned_state[k]) for k in donor_state)
+    # a 3-class head from a 2-class checkpoint: the body is loaded, the head stays fresh and is named
+    three = _workflow(
+        "brain_tumor",
+        ["train.json"],
+        "train",
+        init_weights=str(tmp_path / "donor.pt"),
+        num_classes=3,
+        labels={"background": 0, "a": 1, "b": 2},
+        **common,
+    )
+    three.initialize()
+    three_state = three.parser.get_parsed_content("net").state_dict()
+    same = [k for k in donor_state if three_state[k].shape == donor_state[k].shape]
+    assert 0 < len(same) < len(donor_state)
+    assert all(torch.equal(donor_state[k], three_state[k]) for k in same)
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the config expression's error
+        _workflow("brain_tumor", ["train.json"], "train", init_weights=str(tmp_path / "nope.pt"), **common).initialize()
+    assert "nope.pt' does not exist" in str(error.value.__cause__)
 
 
 def _network_summary(name: str, configs: list[str]) -> tuple[str, int]:

@@ -66,6 +66,7 @@ __all__ = [
     "build_network",
     "enable_mc_dropout",
     "fix_monai_encoders",
+    "load_weights",
 ]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -710,3 +711,48 @@ def enable_mc_dropout(model: nn.Module) -> nn.Module:
         if isinstance(module, _DROPOUT_TYPES):
             module.train()
     return model
+
+
+def load_weights(model: nn.Module, path: str | None, device: str | torch.device = "cpu") -> list[str]:
+    """Initialise ``model`` from a local checkpoint before training (``init_weights`` in ``train.json``).
+
+    Accepts what the bundles save (``{"model": state_dict}`` from MONAI's ``CheckpointSaver``) or a bare
+    ``state_dict``. Tensors whose name and shape match are copied; the others (e.g. a head trained for a different
+    number of classes or input channels) keep their fresh initialisation and are listed in the log and the return
+    value. Nothing is downloaded.
+
+    Args:
+        model: the bundle's network (modified in place).
+        path: checkpoint file; ``None`` or ``""`` leaves the model as it is.
+        device: where the checkpoint's tensors are mapped.
+
+    Returns:
+        The names of the model's tensors that were not loaded.
+    """
+    if not path:
+        return []
+    import logging
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init_weights={path!r} does not exist; give a model.pt saved by a bundle or null.")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise ValueError(
+            f"init_weights={path!r} has no tensor matching this network ({type(model).__name__}): "
+            "was it trained with another --network?"
+        )
+    model.load_state_dict(loaded, strict=False)
+    skipped = sorted(set(own) - set(loaded))
+    logging.getLogger(__name__).info(
+        "init_weights: loaded %d of %d tensors from %s%s",
+        len(loaded),
+        len(own),
+        path,
+        f"; kept fresh: {', '.join(skipped)}" if skipped else "",
+    )
+    return skipped
