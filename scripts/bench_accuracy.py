@@ -286,6 +286,69 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     print(markdown)
 
 
+GOALS = {
+    "ph2_melanoma": "Dice mean >= 0.95, Jaccard mean >= 0.905, worst Dice >= 0.88 (plain-UNet yardstick: 0.93)",
+    "brain_tumor": "Dice mean >= 0.75 (plain-UNet yardstick: 0.57)",
+    "trus_prostate": "Dice >= 0.60 over cases with a wall, pooled Dice >= 0.60, >= 90 % of empty cases predicted empty "
+    "(plain UNet: 0.0)",
+    "ipmn_histology": "Dice mean >= 0.91 (plain-UNet yardstick: 0.855)",
+}
+CARD_START, CARD_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _card_section(task: str) -> str:
+    """The generated "Results" block of a model card, from ``benchmarks/results``."""
+    path = RESULTS / f"accuracy_{task}.json"
+    if not path.is_file():
+        return f"No measured result yet: run `python scripts/bench_accuracy.py run --tasks {task} --minutes 0`."
+    r = json.loads(path.read_text())
+    c, d, j = _dice_jaccard(r["summary"])
+    lines = [
+        f"Measured on the development copy of `{r['dataset']}`, fold 0 ({r['val_cases']} validation cases, list in "
+        f"`benchmarks/splits/{task}_fold0.txt`), true Dice and Jaccard per image at the original size and pooled over "
+        f"the split; {r['hardware']}, commit `{r['commit']}`.",
+        "",
+        "| epochs | training | s/epoch | Dice mean* | Dice median* | Dice worst* | Jaccard mean* | pooled Dice "
+        "| pooled Jaccard | empty cases predicted empty |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['median_epoch_seconds']} | {d['mean']:.4f} "
+        f"| {d['median']:.4f} | {d['worst']:.4f} | {j['mean']:.4f} | {c['pooled_dice']:.4f} | {c['pooled_jaccard']:.4f} "
+        f"| {c['empty_predicted_empty']}/{c['empty_truth_cases']} |",
+        "",
+        "\\* per image, over the cases whose truth mask is not empty.",
+        "",
+        f"Goal (issue 5): {GOALS[task]}. Command: `{r['command']}` (record: `benchmarks/results/accuracy_{task}.json`).",
+    ]
+    post = RESULTS / f"postprocess_{task}.md"
+    if post.is_file():
+        lines += [
+            "",
+            f"Evaluation-time options on the same checkpoint (`benchmarks/results/postprocess_{task}.json`):",
+            "",
+            *post.read_text().splitlines()[2:],
+        ]
+    for extra in sorted(RESULTS.glob(f"speed_{task}_*.md")) + sorted(RESULTS.glob(f"sweep_{task}.md")):
+        lines += ["", f"From `benchmarks/results/{extra.name}`:", "", *extra.read_text().splitlines()]
+    return "\n".join(lines)
+
+
+def cards(tasks: str = "all") -> None:
+    """Rewrite the generated results block of each bundle's model card (``docs/README.md``) from the results JSON.
+
+    The block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; the rest of the card is
+    hand-written and left alone.
+    """
+    for task in _names(tasks):
+        card = ROOT / "bundles" / task / "docs" / "README.md"
+        text = card.read_text()
+        if CARD_START not in text or CARD_END not in text:
+            raise SystemExit(f"{card}: add the markers {CARD_START} and {CARD_END} where the results go.")
+        head, rest = text.split(CARD_START, 1)
+        _, tail = rest.split(CARD_END, 1)
+        card.write_text(f"{head}{CARD_START}\n{_card_section(task)}\n{CARD_END}{tail}")
+        print(f"updated {card}")
+
+
 def _names(tasks: str | tuple) -> list[str]:
     if isinstance(tasks, (list, tuple)):  # fire turns "a,b" into a tuple
         names = [str(t) for t in tasks]
@@ -313,4 +376,4 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "postprocess": postprocess, "sweep": sweep})
+    fire.Fire({"run": run, "postprocess": postprocess, "sweep": sweep, "cards": cards})

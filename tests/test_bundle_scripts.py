@@ -21,7 +21,13 @@ from scripts.handlers import atomic_write_bytes  # noqa: E402
 from scripts.losses import LOSSES, build_loss  # noqa: E402
 from scripts.optim import build_optimizer, build_scheduler, scheduler_step_input  # noqa: E402
 from scripts.report import image_scores, summarise_scores  # noqa: E402
-from scripts.transforms import EnsureChannelsd, clean_mask, diffusion_filter  # noqa: E402
+from scripts.transforms import (  # noqa: E402
+    ArgmaxChanneld,
+    EnsureChannelsd,
+    argmax_channels,
+    clean_mask,
+    diffusion_filter,
+)
 from scripts.uncertainty import FlipTTAInferer  # noqa: E402
 
 
@@ -141,6 +147,21 @@ def test_flip_tta_inferer_averages_probabilities_over_flips() -> None:
         FlipTTAInferer(8)(x, net)
     with pytest.raises(ValueError, match="tta_views"):
         FlipTTAInferer(0)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5])
+def test_fast_argmax_equals_torch_argmax_with_ties_and_metadata(channels: int) -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    torch.manual_seed(channels)
+    x = torch.randn(channels, 37, 23)
+    x[:, :5, :5] = 0.5  # ties go to the lowest channel, as in torch.argmax
+    assert torch.equal(argmax_channels(x), x.argmax(0, keepdim=True).to(x.dtype))
+    meta = MetaTensor(x, meta={"filename_or_obj": "case.png"})
+    ours = ArgmaxChanneld("pred")({"pred": meta})["pred"]
+    monai_way = AsDiscreted("pred", argmax=True)({"pred": meta})["pred"]
+    assert torch.equal(ours.as_tensor(), monai_way.as_tensor()) and ours.meta["filename_or_obj"] == "case.png"
 
 
 def test_findings_on_a_non_square_mask() -> None:
