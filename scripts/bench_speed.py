@@ -3,7 +3,7 @@
 
 Usage::
 
-    python scripts/bench_speed.py run --task ph2_melanoma --epochs 12 --seeds 0,1,2
+    python scripts/bench_speed.py run --task ph2_melanoma --epochs 8 --seeds 0,1,2 --amp False,True
 
 Both sides train the same network (the bundle's ``network_def``), loss, optimizer, schedule, transforms and data
 (fold 0 of ``data/prepared/<set>``) for the same number of epochs; only the pipeline differs:
@@ -12,7 +12,8 @@ Both sides train the same network (the bundle's ``network_def``), loss, optimize
   transform each epoch, a ``DataLoader`` with the same ``num_workers``, and an fp32 eager loop
   (``zero_grad / forward / loss / backward / step``).
 * **bundle**: ``python -m monai.bundle run training`` as shipped (``CacheDataset`` of the deterministic transforms,
-  the MONAI engine, ``--amp True`` = bf16 autocast on a CPU with native bf16, fp16 AMP on CUDA).
+  the MONAI engine), once per ``--amp`` value: ``False`` (fp32, the default recipe) and ``True`` (bf16 autocast
+  on a CPU with native bf16, fp16 AMP on CUDA).
 
 Validation runs once, after the last epoch, on the same fold-0 cases with the same metric (MONAI ``MeanDice`` over
 the foreground at ``spatial_size``), so the training epoch times exclude it. Each seed runs both sides back to back;
@@ -133,33 +134,41 @@ def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, wor
     return {"epoch_seconds": [h["epoch_seconds"] for h in history[:-1]], "val_dice": history[-1]["val_mean_dice"]}
 
 
-def _plot(path: Path, rows: list[dict], title: str) -> None:
+def _plot(path: Path, rows: list[dict], tags: list[str], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"seed {r['seed']}" for r in rows]
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["baseline_epoch_s"] for r in rows], width=0.4, label="plain PyTorch baseline")
-    ax.bar([i + 0.2 for i in x], [r["bundle_epoch_s"] for r in rows], width=0.4, label="bundle")
-    ax.set_xticks(list(x), labels)
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    series = [("baseline", "plain PyTorch baseline")] + [(t, t.replace("_", " ")) for t in tags]
+    width = 0.8 / len(series)
+    for j, (key, label) in enumerate(series):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
+        ax.bar(xs, [r[f"{key}_epoch_s"] for r in rows], width=width, label=label)
+    ax.set_xticks(list(range(len(rows))), [f"seed {r['seed']}" for r in rows])
     ax.set_ylabel("median training epoch (s)")
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def run(task: str = "ph2_melanoma", epochs: int = 12, seeds: str = "0,1,2", amp: bool = True) -> None:
-    """Baseline vs bundle for each seed; prints the table and writes JSON, markdown and a PNG."""
+def run(
+    task: str = "ph2_melanoma", epochs: int = 8, seeds: str = "0,1,2", amp: str = "False,True", dataset_dir: str = ""
+) -> None:
+    """Baseline vs bundle (once per ``amp`` value: ``False`` = the bundle in fp32, ``True`` = bf16/fp16 AMP) for
+    each seed; prints the table and writes JSON, markdown and a PNG."""
     import torch
 
-    dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
+    dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
+    amps = [
+        a if isinstance(a, bool) else str(a).strip().lower() == "true"
+        for a in (amp if isinstance(amp, (list, tuple)) else str(amp).split(","))
+    ]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
@@ -169,43 +178,44 @@ def run(task: str = "ph2_melanoma", epochs: int = 12, seeds: str = "0,1,2", amp:
             cmd += ["--epochs", str(epochs), "--seed", str(seed), "--out", str(out)]
             subprocess.run(cmd, check=True)
             base = json.loads(out.read_text())
-            fast = _bundle(task, dataset_dir, epochs, seed, amp, Path(tmp) / f"bundle_{seed}")
-            b, f = statistics.median(base["epoch_seconds"]), statistics.median(fast["epoch_seconds"])
-            rows.append(
-                {
-                    "seed": seed,
-                    "baseline_epoch_s": round(b, 3),
-                    "bundle_epoch_s": round(f, 3),
-                    "speedup": round(b / f, 2),
-                    "baseline_val_dice": round(base["val_dice"], 4),
-                    "bundle_val_dice": round(fast["val_dice"], 4),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            b = statistics.median(base["epoch_seconds"])
+            row = {"seed": seed, "baseline_epoch_s": round(b, 3), "baseline_val_dice": round(base["val_dice"], 4)}
+            for use_amp in amps:
+                tag = "bundle_amp" if use_amp else "bundle_fp32"
+                fast = _bundle(task, dataset_dir, epochs, seed, use_amp, Path(tmp) / f"{tag}_{seed}")
+                f = statistics.median(fast["epoch_seconds"])
+                row.update({f"{tag}_epoch_s": round(f, 3), f"{tag}_speedup": round(b / f, 2)})
+                row[f"{tag}_val_dice"] = round(fast["val_dice"], 4)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     mean = {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0] if k != "seed"}
+    tags = ["bundle_fp32" if not a else "bundle_amp" for a in amps]
+    header = "| seed | baseline s/epoch | baseline val Dice | " + " | ".join(
+        f"{t} s/epoch | {t} speed-up | {t} val Dice" for t in tags
+    )
     lines = [
-        f"## {task}: training speed, plain PyTorch baseline vs bundle ({device}, {epochs} epochs, amp={amp})",
+        f"## {task}: training speed, plain PyTorch baseline vs bundle ({device}, {epochs} epochs)",
         "",
-        "| seed | baseline s/epoch | bundle s/epoch | speed-up | baseline val Dice | bundle val Dice |",
-        "|---|---|---|---|---|---|",
+        header + " |",
+        "|---|---|---|" + "---|---|---|" * len(tags),
     ]
     for r in [*rows, {"seed": "mean", **mean}]:
-        lines.append(
-            f"| {r['seed']} | {r['baseline_epoch_s']} | {r['bundle_epoch_s']} | {r['speedup']}x "
-            f"| {r['baseline_val_dice']} | {r['bundle_val_dice']} |"
-        )
+        cells = [str(r["seed"]), str(r["baseline_epoch_s"]), str(r["baseline_val_dice"])]
+        for t in tags:
+            cells += [str(r[f"{t}_epoch_s"]), f"{r[f'{t}_speedup']}x", str(r[f"{t}_val_dice"])]
+        lines.append("| " + " | ".join(cells) + " |")
     markdown = "\n".join(lines)
     command = (
         f"python scripts/bench_speed.py run --task {task} --epochs {epochs} --seeds {','.join(map(str, _seeds(seeds)))}"
     )
+    command += f" --amp {','.join(str(a) for a in amps)}"
     payload = {
         "task": task,
         "device": device,
         "epochs": epochs,
-        "amp": amp,
         "rows": rows,
         "mean": mean,
-        "dice_gap": round(mean["bundle_val_dice"] - mean["baseline_val_dice"], 4),
+        "dice_gap_vs_baseline": {t: round(mean[f"{t}_val_dice"] - mean["baseline_val_dice"], 4) for t in tags},
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "command": command,
@@ -214,7 +224,7 @@ def run(task: str = "ph2_melanoma", epochs: int = 12, seeds: str = "0,1,2", amp:
     name = f"speed_{task}_{device}"
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
-    _plot(RESULTS / f"{name}.png", rows, f"{task}: {epochs} epochs, {device}")
+    _plot(RESULTS / f"{name}.png", rows, tags, f"{task}: {epochs} epochs, {device}")
     print(markdown)
 
 
