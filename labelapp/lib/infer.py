@@ -90,7 +90,9 @@ class LesionInferTask(BundleInferTask):
         overrides: config values to set before parsing (``--conf bundle_overrides``), e.g. ``{"spatial_size": [..]}``.
         mc_dropout: run with Monte-Carlo dropout (epistemic scoring) instead of normal inference.
         dropout: the MC-dropout rate; ``None`` for the bundle's ``dropout`` (or :data:`DEFAULT_MC_DROPOUT`).
-        post_filter: bundle post-transform classes to drop (``SaveImaged`` always: the app writes the result).
+        post_filter: bundle post-transforms to drop, as classes or class names (names reach transforms of the
+            bundle's own ``scripts`` package, which cannot be imported here); ``SaveImaged`` always (the app writes
+            the result).
         add_post_restore: append MONAI Label's ``Restored`` (resize back to the image) after the bundle's post.
         skip_writer: return the data dictionary instead of writing a file (scoring).
         output_dir: replaces the bundle's ``output_dir`` (where post-transforms such as the findings writer put
@@ -108,7 +110,7 @@ class LesionInferTask(BundleInferTask):
         overrides: dict[str, Any] | None = None,
         mc_dropout: bool = False,
         dropout: float | None = None,
-        post_filter: Sequence[type] = (SaveImaged,),
+        post_filter: Sequence[type | str] = (SaveImaged,),
         add_post_restore: bool = True,
         skip_writer: bool = False,
         output_dir: str | None = None,
@@ -184,6 +186,14 @@ class LesionInferTask(BundleInferTask):
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         """The bundle's ``preprocessing``, built once per device."""
         return self._cached("pre", data, super().pre_transforms)
+
+    def _filter_transforms(self, transforms: Any, filters: Any) -> Any:
+        """MONAI Label's filter (by ``isinstance``), plus filters given as class names."""
+        if not filters or not transforms:
+            return transforms
+        names = {f for f in filters if isinstance(f, str)}
+        types = tuple(f for f in filters if not isinstance(f, str))
+        return [t for t in transforms if not (isinstance(t, types) or type(t).__name__ in names)]
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         """The bundle's ``postprocessing`` without the filtered transforms, built once per device."""

@@ -57,7 +57,8 @@ class LesionEpistemicScoring(EpistemicScoring):
             overrides,
             mc_dropout=True,
             dropout=dropout,
-            post_filter=(SaveImaged, Invertd, AsDiscreted),
+            # keep the probabilities: no inversion, argmax, mask clean-up or findings on the way to the entropy
+            post_filter=(SaveImaged, Invertd, AsDiscreted, "ArgmaxChanneld", "CleanMaskd", "Findingsd"),
             add_post_restore=False,
             skip_writer=True,
             output_dir=output_dir,

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Reproduce every number in the model cards (bundles/<task>/docs/README.md) and the README's results table:
+# convert the real development sets from ../shared/data, train each bundle's default recipe on fold 0, evaluate at
+# the original size, re-evaluate the checkpoints over the evaluation-time options, run the speed benchmarks, and
+# rewrite the cards' generated results blocks. Records (with hardware, time and commit) go to benchmarks/results/.
+#
+#   bash scripts/reproduce.sh                 # everything (about 2 h on 2 free CPU cores)
+#   bash scripts/reproduce.sh accuracy        # one stage: convert | accuracy | postprocess | speed | cards
+#
+# Run it on an otherwise idle machine: the timings are only comparable within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh >/dev/null
+PY=.venv/bin/python
+SHARED=${SHARED_DATA:-../shared/data}
+STAGE=${1:-all}
+
+convert() {
+    [ -d "$SHARED" ] || { echo "no $SHARED: the real development sets are needed (see README, Data)"; exit 1; }
+    [ -f data/prepared/ph2/datalist.json ] || $PY scripts/convert.py ph2 --src "$SHARED/ph2/PH2Dataset" --out data/prepared/ph2
+    [ -f data/prepared/brain178/datalist.json ] || $PY scripts/convert.py coco --src "$SHARED/brain_tumor/roboflow_polygons_178" --out data/prepared/brain178
+    [ -f data/prepared/brain2146/datalist.json ] || $PY scripts/convert.py coco --src "$SHARED/brain_tumor/roboflow_2146" --out data/prepared/brain2146
+    [ -f data/prepared/ctrus/datalist.json ] || $PY scripts/convert.py csv_folders --src "$SHARED/ctrus" --out data/prepared/ctrus
+    [ -f data/prepared/glas/datalist.json ] || $PY scripts/convert.py instance_masks --src "$SHARED/glas" --out data/prepared/glas
+}
+
+accuracy() {
+    # each bundle's default recipe (tasks.json values; no time cap)
+    $PY scripts/bench_accuracy.py run --tasks all --minutes 0
+}
+
+postprocess() {
+    $PY scripts/bench_accuracy.py postprocess --tasks ph2_melanoma \
+        --grid '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}'
+    $PY scripts/bench_accuracy.py postprocess --tasks ipmn_histology \
+        --grid '{"tta_views": [1, 4], "fill_holes": [false, true], "min_component_fraction": [0.0, 0.001]}'
+    $PY scripts/bench_accuracy.py postprocess --tasks brain_tumor \
+        --grid '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}'
+    $PY scripts/bench_accuracy.py postprocess --tasks trus_prostate \
+        --grid '{"tta_views": [1, 4], "keep_largest_component": [false, true], "min_component_fraction": [0.0, 0.003, 0.01]}'
+}
+
+speed() {
+    $PY scripts/bench_speed.py run --task ph2_melanoma --epochs 8 --seeds 0,1,2 --amp False,True
+    $PY scripts/bench_inference.py run --sizes 256,512 --modes fp32,bf16,onnx --threads 2
+}
+
+cards() {
+    $PY scripts/bench_accuracy.py cards
+}
+
+case "$STAGE" in
+    all) convert; accuracy; postprocess; speed; cards ;;
+    convert|accuracy|postprocess|speed|cards) "$STAGE" ;;
+    *) echo "unknown stage $STAGE: all | convert | accuracy | postprocess | speed | cards"; exit 2 ;;
+esac
+echo "commit $(git rev-parse --short HEAD); results in benchmarks/results/; model cards updated"
