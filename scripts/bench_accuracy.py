@@ -160,10 +160,15 @@ def _overrides(combo: dict) -> list[str]:
     return out
 
 
+def _literal(value):
+    """JSON words that fire leaves as strings when it parses ``--grid`` itself: "true" -> True, "null" -> None."""
+    return {"true": True, "false": False, "null": None}.get(value, value) if isinstance(value, str) else value
+
+
 def _grid(grid: str | dict) -> list[dict]:
     """All combinations of a ``{"key": [values...]}`` grid (JSON text or a dict), in order."""
     spec = json.loads(grid) if isinstance(grid, str) else dict(grid)
-    spec = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in spec.items()}
+    spec = {k: [_literal(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in spec.items()}
     return [dict(zip(spec, values, strict=True)) for values in itertools.product(*spec.values())]
 
 

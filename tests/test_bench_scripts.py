@@ -30,6 +30,23 @@ def test_grid_expands_every_combination_in_order() -> None:
         {"network": "segnet", "learning_rate": 0.002, "max_epochs": 20},
     ]
     assert bench._grid({"fill_holes": (False, True)}) == [{"fill_holes": False}, {"fill_holes": True}]
+    # fire parses --grid '{"fill_holes": [false, true]}' itself, leaving the JSON words as strings
+    assert bench._grid({"fill_holes": ["false", "true"], "init_weights": "null"}) == [
+        {"fill_holes": False, "init_weights": None},
+        {"fill_holes": True, "init_weights": None},
+    ]
+
+
+def test_grid_given_on_the_command_line_reaches_the_bundle_as_booleans() -> None:
+    code = (
+        "import fire, importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'scripts' / 'bench_accuracy.py')!r}); "
+        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); "
+        "fire.Fire(lambda grid: print(b._overrides(b._grid(grid)[0])))"
+    )
+    grid = '{"keep_largest_component": [false], "tta_views": [4]}'
+    out = subprocess.run([sys.executable, "-c", code, "--grid", grid], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['--keep_largest_component', 'False', '--tta_views', '4']"
 
 
 def test_overrides_are_python_literals_the_bundle_cli_parses_back() -> None:
