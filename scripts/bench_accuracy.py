@@ -246,6 +246,24 @@ def postprocess(
         print(markdown)
 
 
+def evaluate(tasks: str = "all") -> None:
+    """Re-evaluate each task's trained checkpoint (from ``run``) with the bundle's current evaluation defaults
+    (e.g. after choosing post-processing with ``postprocess``) and update ``accuracy_<task>.json``: the training
+    figures stay, the summary is replaced, and the record says which commit evaluated it."""
+    records = []
+    for task in _names(tasks):
+        path = RESULTS / f"accuracy_{task}.json"
+        if not path.is_file() or not (WORK / task / "models" / "model.pt").is_file():
+            raise SystemExit(f"no trained checkpoint / record for {task}: run `bench_accuracy.py run --tasks {task}`.")
+        record = json.loads(path.read_text())
+        record["summary"] = evaluate_task(task, WORK / task, list(record.get("overrides", [])), WORK / task / "eval")
+        record["evaluated_at_commit"] = _commit()
+        record["evaluate_command"] = f"python scripts/bench_accuracy.py evaluate --tasks {task}"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        records.append(record)
+    print(table(records))
+
+
 def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | None = None) -> None:
     """Train + evaluate ``task`` for every point of ``grid`` through the bundle's own overrides.
 
@@ -322,7 +340,9 @@ def _card_section(task: str) -> str:
         "",
         "\\* per image, over the cases whose truth mask is not empty.",
         "",
-        f"Goal (issue 5): {GOALS[task]}. Command: `{r['command']}` (record: `benchmarks/results/accuracy_{task}.json`).",
+        f"Goal (issue 5): {GOALS[task]}. Command: `{r['command']}`"
+        + (f", then `{r['evaluate_command']}` (commit `{r['evaluated_at_commit']}`)" if "evaluate_command" in r else "")
+        + f" (record: `benchmarks/results/accuracy_{task}.json`).",
     ]
     post = RESULTS / f"postprocess_{task}.md"
     if post.is_file():
@@ -381,4 +401,4 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "postprocess": postprocess, "sweep": sweep, "cards": cards})
+    fire.Fire({"run": run, "evaluate": evaluate, "postprocess": postprocess, "sweep": sweep, "cards": cards})
