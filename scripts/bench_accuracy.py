@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -96,6 +97,23 @@ def evaluate_task(task: str, work: Path, extra: list[str], out: Path) -> dict:
     return json.loads((out / "metrics_summary.json").read_text())
 
 
+# plots without image content; the best/worst-case overlays show the licensed images themselves, so they stay in
+# benchmarks/work/<task>/eval/ (git-ignored) and are never committed
+PLOTS = ("curves.png", "dice_histogram.png")
+
+
+def keep_plots(task: str, eval_dir: Path) -> list[str]:
+    """Copy the evaluation's plots into ``benchmarks/results/plots/<task>_<name>.png`` (the work folder is not kept)."""
+    out = RESULTS / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for name in PLOTS:
+        if (eval_dir / name).is_file():
+            shutil.copyfile(eval_dir / name, out / f"{task}_{name}")
+            kept.append(f"benchmarks/results/plots/{task}_{name}")
+    return kept
+
+
 def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
     """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record."""
     bundle = ROOT / "bundles" / task
@@ -113,6 +131,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
     subprocess.run(train, cwd=bundle, check=True)
     train_seconds = time.perf_counter() - t0
     summary = evaluate_task(task, work, extra, work / "eval")
+    plots = keep_plots(task, work / "eval") if work == WORK / task else []
     history = json.loads((ckpt / "history.json").read_text())
     epoch_s = sorted(h["epoch_seconds"] for h in history)
     return {
@@ -126,6 +145,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
         "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
         "summary": summary,
+        "plots": plots,
         "hardware": _hardware(),
         "commit": _commit(),
         "command": "python scripts/bench_accuracy.py run --tasks "
@@ -259,6 +279,7 @@ def evaluate(tasks: str = "all") -> None:
         record["summary"] = evaluate_task(task, WORK / task, list(record.get("overrides", [])), WORK / task / "eval")
         record["evaluated_at_commit"] = _commit()
         record["evaluate_command"] = f"python scripts/bench_accuracy.py evaluate --tasks {task}"
+        record["plots"] = keep_plots(task, WORK / task / "eval")
         path.write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)
     print(table(records))
