@@ -357,7 +357,7 @@ def _card_section(task: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['median_epoch_seconds']} | {d['mean']:.4f} "
         f"| {d['median']:.4f} | {d['worst']:.4f} | {j['mean']:.4f} | {c['pooled_dice']:.4f} | {c['pooled_jaccard']:.4f} "
-        f"| {c['empty_predicted_empty']}/{c['empty_truth_cases']} |",
+        f"| {_empties(c)} |",
         "",
         "\\* per image, over the cases whose truth mask is not empty.",
         "",
@@ -378,21 +378,51 @@ def _card_section(task: str) -> str:
     return "\n".join(lines)
 
 
+def _empties(c: dict) -> str:
+    return f"{c['empty_predicted_empty']}/{c['empty_truth_cases']}" if c["empty_truth_cases"] else "none empty"
+
+
+def _readme_table() -> str:
+    """One row per task with a record: the README's summary of the model cards."""
+    rows = [
+        "| bundle | set (fold 0) | epochs | train min | Dice mean* | median* | worst* | Jaccard mean* | pooled Dice "
+        "| empty -> empty | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in DATASETS:
+        path = RESULTS / f"accuracy_{task}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        c, d, j = _dice_jaccard(r["summary"])
+        rows.append(
+            f"| {task} | {r['dataset']} ({r['val_cases']}) | {r['epochs']} | {r['train_seconds'] / 60:.1f} "
+            f"| {d['mean']:.3f} | {d['median']:.3f} | {d['worst']:.3f} | {j['mean']:.3f} | {c['pooled_dice']:.3f} "
+            f"| {_empties(c)} | {GOALS[task]} |"
+        )
+    rows += ["", "\\* per image at the original size, over cases whose truth mask is not empty."]
+    return "\n".join(rows)
+
+
+def _replace_block(path: Path, body: str) -> None:
+    text = path.read_text()
+    if CARD_START not in text or CARD_END not in text:
+        raise SystemExit(f"{path}: add the markers {CARD_START} and {CARD_END} where the results go.")
+    head, rest = text.split(CARD_START, 1)
+    _, tail = rest.split(CARD_END, 1)
+    path.write_text(f"{head}{CARD_START}\n{body}\n{CARD_END}{tail}")
+    print(f"updated {path}")
+
+
 def cards(tasks: str = "all") -> None:
     """Rewrite the generated results block of each bundle's model card (``docs/README.md``) from the results JSON.
 
     The block sits between ``<!-- results:start -->`` and ``<!-- results:end -->``; the rest of the card is
-    hand-written and left alone.
+    hand-written and left alone. The README's summary table (same markers) is rewritten too.
     """
     for task in _names(tasks):
-        card = ROOT / "bundles" / task / "docs" / "README.md"
-        text = card.read_text()
-        if CARD_START not in text or CARD_END not in text:
-            raise SystemExit(f"{card}: add the markers {CARD_START} and {CARD_END} where the results go.")
-        head, rest = text.split(CARD_START, 1)
-        _, tail = rest.split(CARD_END, 1)
-        card.write_text(f"{head}{CARD_START}\n{_card_section(task)}\n{CARD_END}{tail}")
-        print(f"updated {card}")
+        _replace_block(ROOT / "bundles" / task / "docs" / "README.md", _card_section(task))
+    _replace_block(ROOT / "README.md", _readme_table())
 
 
 def _names(tasks: str | tuple) -> list[str]:
