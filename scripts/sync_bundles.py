@@ -1,7 +1,8 @@
 """Write each bundle's configs from the one template in ``bundles/_shared`` plus its values in ``tasks.json``.
 
 The four bundles share one shape and differ only in values: edit ``bundles/_shared/configs/*.json`` (structure)
-or ``bundles/_shared/tasks.json`` (values), then run ``python scripts/sync_bundles.py``. ``--check`` exits 1
+or ``bundles/_shared/tasks.json`` (values: ``values`` go to every config that has the key, ``config_values`` to
+one config only), then run ``python scripts/sync_bundles.py``. ``--check`` exits 1
 and lists the files that differ (the test suite runs it).
 """
 
@@ -107,6 +108,12 @@ def render(name: str, task: dict) -> dict[str, str]:
         for content in configs.values():
             if key in content:
                 content[key] = value
+    # values for one config only, e.g. {"inference.json": {"amp": true}}: the fastest correct inference mode
+    for cfg, values in task.get("config_values", {}).items():
+        for key, value in values.items():
+            if key not in configs.get(cfg, {}):
+                raise KeyError(f"tasks.json config_values sets {cfg}:{key!r} for {name}; that config has no such key.")
+            configs[cfg][key] = value
     for cfg, content in configs.items():
         files[f"configs/{cfg}"] = _dump(content)
     for cfg in COPIED:
