@@ -373,6 +373,21 @@ def test_a_new_label_is_used_by_the_next_training_which_changes_the_model(
     assert sitk.ReadImage(result).GetSize() == (WIDTH, HEIGHT)
 
 
+def test_multi_gpu_training_path_runs_torchrun_and_publishes(server: dict, trained: dict) -> None:
+    """MONAI Label's multi-GPU route (torchrun over ``multi_gpu_train.json``), forced on the CPU: two gloo ranks."""
+    before = sha256(server["model"])
+    request = {"max_epochs": 1, "val_split": 0.2, "force_multi_gpu": True, "gpus": "0,1"}
+    response = requests.post(f"{server['url']}/train/{BUNDLE}", json=request)
+    assert response.status_code == 200, response.text
+    task = wait_for_training(server)
+    assert task["status"] == "DONE", f"{task}\n{_log_tail(server)}"
+    log = _log_tail(server, 400)
+    assert "torch.distributed.run" in log and "--nproc_per_node=2" in log, log
+    assert sha256(server["model"]) != before
+    # the merged config MONAI Label writes for torchrun is kept out of the bundle
+    assert not (server["model"].parent.parent / "configs" / "monailabel_train.json").exists()
+
+
 def test_a_training_stopped_midway_leaves_the_old_model_serving(server: dict, trained: dict) -> None:
     before = sha256(server["model"])
     response = requests.post(f"{server['url']}/train/{BUNDLE}", json={"max_epochs": 500})

@@ -17,7 +17,8 @@ Differences from ``BundleTrainTask`` (MONAI Label 0.8.5):
   a checkpoint is still selected and saved.
 - Multi-GPU (``multi_gpu_train.json``, MONAI Label's torchrun path): the merged config is written to the staging
   folder instead of the bundle's ``configs/``, torchrun is started as ``python -m torch.distributed.run`` of this
-  interpreter, and a failed run raises instead of being reported as finished.
+  interpreter, and a failed run raises instead of being reported as finished. On a machine without CUDA,
+  ``force_multi_gpu`` runs ``cpu_processes`` (default 2) gloo ranks, so the route can be exercised on a CPU.
 - ``stats()`` (``/info`` ``train_stats``) reports the last finished run: images used, epochs, published file.
 """
 
@@ -35,6 +36,7 @@ import tempfile
 import time
 from typing import Any
 
+import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 
@@ -222,6 +224,11 @@ class LesionTrainTask(BundleTrainTask):
             os.replace(exported, staged)
         cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
         cmd = [c.replace(exported, staged) for c in cmd]
+        if "--nproc_per_node=0" in cmd and not torch.cuda.is_available():
+            # MONAI Label counts CUDA devices (none here): with force_multi_gpu on a CPU machine, run
+            # `cpu_processes` gloo ranks instead (multi_gpu_train.json picks gloo without CUDA)
+            procs = int(request.get("cpu_processes", 2))
+            cmd = [f"--nproc_per_node={procs}" if c == "--nproc_per_node=0" else c for c in cmd]
         logger.info(f"RUNNING COMMAND:: {cmd}")
         result = subprocess.run(cmd, env=env, check=False)
         if result.returncode != 0:
