@@ -114,6 +114,32 @@ def keep_plots(task: str, eval_dir: Path) -> list[str]:
     return kept
 
 
+# recipes with a first stage on another set: the brain bundle pre-trains on the 2146-image Roboflow export, whose
+# "polygons" are bounding boxes (weak supervision), then fine-tunes on the polygon set (``init_weights``)
+PRETRAIN = {"brain_tumor": {"dataset": "brain2146", "max_epochs": 8}}
+
+
+def pretrain(task: str, work: Path) -> dict:
+    """Stage 1 of a two-stage recipe (see ``PRETRAIN``); returns its record, with the checkpoint path."""
+    spec = PRETRAIN[task]
+    dataset_dir = ROOT / "data" / "prepared" / spec["dataset"]
+    if not (dataset_dir / "datalist.json").is_file():
+        raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
+    out = work / "pretrain"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    cmd += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval")]
+    cmd += ["--max_epochs", str(spec["max_epochs"]), "--time_limit_minutes", "0"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT / "bundles" / task, check=True)
+    history = json.loads((out / "models" / "history.json").read_text())
+    return {
+        **spec,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "best_val_dice_box_level": max(h.get("val_mean_dice", 0) for h in history),
+        "checkpoint": str(out / "models" / "model.pt"),
+    }
+
+
 def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
     """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record."""
     bundle = ROOT / "bundles" / task
@@ -121,6 +147,10 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
     cases = check_split(task, dataset_dir)
+    stage1, asked = None, list(extra)
+    if task in PRETRAIN and "--init_weights" not in extra:
+        stage1 = pretrain(task, work)
+        extra = [*extra, "--init_weights", stage1["checkpoint"]]
     ckpt = work / "models"
     train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
     train += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(work / "eval"), *extra]
@@ -144,6 +174,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         "train_seconds": round(train_seconds, 1),
         "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
         "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
+        "pretrain": stage1,
         "summary": summary,
         "plots": plots,
         "hardware": _hardware(),
@@ -152,7 +183,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         + task
         + f" --minutes {minutes}"
         + (f" --max_epochs {max_epochs}" if max_epochs else "")
-        + (f' --overrides "{shlex.join(extra)}"' if extra else ""),
+        + (f' --overrides "{shlex.join(asked)}"' if asked else ""),
     }
 
 
@@ -360,6 +391,17 @@ def _card_section(task: str) -> str:
         f"| {_empties(c)} |",
         "",
         "\\* per image, over the cases whose truth mask is not empty.",
+        *(
+            [
+                "",
+                f"Two-stage recipe: pre-trained {r['pretrain']['max_epochs']} epochs on `{r['pretrain']['dataset']}` "
+                f"({r['pretrain']['train_seconds'] / 60:.1f} min; box-level validation Dice "
+                f"{r['pretrain']['best_val_dice_box_level']:.3f}), then fine-tuned with `--init_weights` (the "
+                "training time above).",
+            ]
+            if r.get("pretrain")
+            else []
+        ),
         "",
         f"Goal (issue 5): {GOALS[task]}. Command: `{r['command']}`"
         + (f", then `{r['evaluate_command']}` (commit `{r['evaluated_at_commit']}`)" if "evaluate_command" in r else "")
