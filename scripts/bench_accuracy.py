@@ -411,7 +411,9 @@ def _card_section(task: str) -> str:
     if post.is_file():
         lines += [
             "",
-            f"Evaluation-time options on the same checkpoint (`benchmarks/results/postprocess_{task}.json`):",
+            "Evaluation-time options "
+            + json.loads(post.with_suffix(".json").read_text()).get("checkpoint_note", "on the same checkpoint")
+            + f" (`benchmarks/results/postprocess_{task}.json`):",
             "",
             *post.read_text().splitlines()[2:],
         ]
