@@ -440,8 +440,9 @@ def _readme_table() -> str:
         r = json.loads(path.read_text())
         c, d, j = _dice_jaccard(r["summary"])
         rows.append(
-            f"| {task} | {r['dataset']} ({r['val_cases']}) | {r['epochs']} | {r['train_seconds'] / 60:.1f} "
-            f"| {d['mean']:.3f} | {d['median']:.3f} | {d['worst']:.3f} | {j['mean']:.3f} | {c['pooled_dice']:.3f} "
+            f"| {task} | {r['dataset']} ({r['val_cases']}) | {r['epochs']} | {r['train_seconds'] / 60:.1f}"
+            + (f" + {r['pretrain']['train_seconds'] / 60:.1f} pre-training " if r.get("pretrain") else " ")
+            + f"| {d['mean']:.3f} | {d['median']:.3f} | {d['worst']:.3f} | {j['mean']:.3f} | {c['pooled_dice']:.3f} "
             f"| {_empties(c)} | {GOALS[task]} |"
         )
     rows += ["", "\\* per image at the original size, over cases whose truth mask is not empty."]
