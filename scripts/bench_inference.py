@@ -97,17 +97,22 @@ def make_images(source: Path, out: Path, size: int, count: int, rounds: int) -> 
 
 
 def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], dict[str, Any]]:
-    if mode == "fp32":
-        return ["inference.json"], {}
+    if mode == "fp32":  # explicit: a bundle's inference default may be bf16 (tasks.json config_values)
+        return ["inference.json"], {"amp": False}
     if mode == "bf16":
         return ["inference.json"], {"amp": True}
     if mode == "torchscript":
         handlers = [{"_target_": "StatsHandler", "iteration_log": False}]
-        return ["inference.json"], {"net": f"$torch.jit.load('{models / 'model.ts'}')", "handlers": handlers}
+        return ["inference.json"], {
+            "net": f"$torch.jit.load('{models / 'model.ts'}')",
+            "handlers": handlers,
+            "amp": False,
+        }
     if mode == "onnx":
         return ["inference.json", "inference_onnx.json"], {
             "onnx_file": str(models / "model.onnx"),
             "onnx_threads": threads,
+            "amp": False,
         }
     raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
