@@ -28,6 +28,7 @@ __all__ = [
     "UNCERTAINTY_MODES",
     "FlipTTAInferer",
     "UncertaintyMapd",
+    "flip_probabilities",
     "flip_views",
     "foreground_variance",
     "has_dropout",
@@ -66,6 +67,27 @@ def _undo(y: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tens
     return y.transpose(2, 3) if transpose else y
 
 
+def flip_probabilities(
+    run: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, count: int, key: str
+) -> list[torch.Tensor]:
+    """Softmax probabilities of ``run`` on the first ``count`` :func:`flip_views` of ``inputs``, each flipped back.
+
+    ``key`` names the setting in the error raised when ``count`` exceeds the views the input has (the transposes
+    need a square input).
+    """
+    views = flip_views(inputs.shape[2], inputs.shape[3])
+    if count > len(views):
+        raise ValueError(
+            f"{key}={count}, but a {inputs.shape[2]}x{inputs.shape[3]} input has {len(views)} distinct views "
+            f"(flips; the transposes need a square spatial_size); set {key} <= {len(views)}."
+        )
+    out = []
+    for view in views[:count]:
+        logits = torch.as_tensor(run(_apply(inputs, *view).contiguous()))
+        out.append(_undo(torch.softmax(logits.float(), 1), *view))
+    return out
+
+
 @torch.no_grad()
 def sample_probabilities(network: nn.Module, inputs: torch.Tensor, mode: str, samples: int) -> torch.Tensor:
     """Class probabilities of ``samples`` passes of ``network`` on ``inputs`` ``(B, C, H, W)``.
@@ -86,14 +108,8 @@ def sample_probabilities(network: nn.Module, inputs: torch.Tensor, mode: str, sa
             for module, flag in flags.items():
                 module.train(flag)
     elif mode == "flip_tta":
-        views = flip_views(inputs.shape[2], inputs.shape[3])
-        if samples > len(views):
-            raise ValueError(
-                f"flip_tta has {len(views)} distinct views for a {inputs.shape[2]}x{inputs.shape[3]} input; "
-                f"set uncertainty_samples <= {len(views)} (got {samples})."
-            )
         with eval_mode(network):
-            probs = [_undo(torch.softmax(network(_apply(inputs, *v)).float(), 1), *v) for v in views[:samples]]
+            probs = flip_probabilities(network, inputs, samples, "uncertainty_samples")
     else:
         raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}; got {mode!r}.")
     return torch.stack(probs)
@@ -177,15 +193,5 @@ class FlipTTAInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
         if self.views == 1:
             return self._run(inputs, network, *args, **kwargs)
-        views = flip_views(inputs.shape[2], inputs.shape[3])
-        if self.views > len(views):
-            raise ValueError(
-                f"tta_views={self.views} but a {inputs.shape[2]}x{inputs.shape[3]} input has {len(views)} flip views "
-                "(transposes need a square spatial_size)."
-            )
-        total = None
-        for view in views[: self.views]:
-            logits = self._run(_apply(inputs, *view).contiguous(), network, *args, **kwargs)
-            probs = _undo(torch.softmax(torch.as_tensor(logits).float(), 1), *view)
-            total = probs if total is None else total + probs
-        return torch.log((total / self.views).clamp_min(1e-7))
+        probs = flip_probabilities(lambda x: self._run(x, network, *args, **kwargs), inputs, self.views, "tta_views")
+        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-7))
