@@ -34,6 +34,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = ROOT / "benchmarks" / "splits"
 WORK = ROOT / "benchmarks" / "work"
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
+
 
 def _cpu() -> str:
     try:
@@ -76,24 +79,10 @@ def _dice_jaccard(summary: dict) -> tuple[dict, dict, dict]:
 
 def evaluate_task(task: str, work: Path, extra: list[str], out: Path) -> dict:
     """Evaluate the checkpoint in ``work/models`` on fold 0 at the original size; returns metrics_summary."""
-    bundle = ROOT / "bundles" / task
     dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
-    evaluate = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "['configs/train.json','configs/evaluate.json']",
-        "--dataset_dir",
-        str(dataset_dir),
-        "--ckpt_dir",
-        str(work / "models"),
-        "--output_dir",
-        str(out),
-        *extra,
-    ]
-    subprocess.run(evaluate, cwd=bundle, check=True)
+    paths = {"dataset_dir": str(dataset_dir), "ckpt_dir": str(work / "models"), "output_dir": str(out)}
+    config = "['configs/train.json','configs/evaluate.json']"
+    run_monai_bundle(task, ["run", "--config_file", config, *override_args(paths), *extra])
     return json.loads((out / "metrics_summary.json").read_text())
 
 
@@ -126,11 +115,15 @@ def pretrain(task: str, work: Path) -> dict:
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
     out = work / "pretrain"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
-    cmd += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval")]
-    cmd += ["--max_epochs", str(spec["max_epochs"]), "--time_limit_minutes", "0"]
+    stage = {
+        "dataset_dir": str(dataset_dir),
+        "ckpt_dir": str(out / "models"),
+        "output_dir": str(out / "eval"),
+        "max_epochs": spec["max_epochs"],
+        "time_limit_minutes": 0,
+    }
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT / "bundles" / task, check=True)
+    run_monai_bundle(task, ["run", "--config_file", "configs/train.json", *override_args(stage)])
     history = json.loads((out / "models" / "history.json").read_text())
     return {
         **spec,
@@ -142,7 +135,6 @@ def pretrain(task: str, work: Path) -> dict:
 
 def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
     """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record."""
-    bundle = ROOT / "bundles" / task
     dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
@@ -152,13 +144,12 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         stage1 = pretrain(task, work)
         extra = [*extra, "--init_weights", stage1["checkpoint"]]
     ckpt = work / "models"
-    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
-    train += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(ckpt), "--output_dir", str(work / "eval"), *extra]
-    train += ["--time_limit_minutes", str(minutes)]
-    if max_epochs:
-        train += ["--max_epochs", str(max_epochs)]
+    paths = {"dataset_dir": str(dataset_dir), "ckpt_dir": str(ckpt), "output_dir": str(work / "eval")}
+    limits = {"time_limit_minutes": minutes, **({"max_epochs": max_epochs} if max_epochs else {})}
     t0 = time.perf_counter()
-    subprocess.run(train, cwd=bundle, check=True)
+    run_monai_bundle(
+        task, ["run", "--config_file", "configs/train.json", *override_args(paths), *extra, *override_args(limits)]
+    )
     train_seconds = time.perf_counter() - t0
     summary = evaluate_task(task, work, extra, work / "eval")
     plots = keep_plots(task, work / "eval") if work == WORK / task else []

@@ -36,6 +36,9 @@ import fire
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "scripts"))
+from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
+
 DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
 
 
@@ -123,12 +126,100 @@ def baseline(task: str, dataset_dir: str, epochs: int, seed: int, out: str, devi
     Path(out).write_text(json.dumps({"epoch_seconds": epoch_seconds, "val_dice": float(metric.aggregate().item())}))
 
 
-def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path) -> dict:
+FLOOR_HEADING = "### Compute floor"
+
+
+def floor(
+    task: str = "ph2_melanoma", dataset_dir: str = "", steps: int = 8, out: str = "", update: bool = True
+) -> None:
+    """The compute floor of a training epoch: the bare training step of the bundle's network, loss and optimizer on
+    a synthetic batch already in memory (no data loading, no augmentation, no engine), in fp32 and with AMP.
+
+    ``n_train / images_per_second`` is the shortest epoch any pipeline can reach with this network on this machine,
+    so ``baseline epoch / floor epoch`` bounds the speed-up a better pipeline can give. Prints the figures; writes
+    them to ``out`` when given and, with ``update``, to the ``compute_floor`` field of
+    ``benchmarks/results/speed_<task>_<device>.{json,md}`` when that record exists (with the ceiling ratio against its
+    baseline).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
     bundle = ROOT / "bundles" / task
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
-    cmd += ["--dataset_dir", str(dataset_dir), "--ckpt_dir", str(work), "--output_dir", str(work / "eval")]
-    cmd += ["--max_epochs", str(epochs), "--val_interval", str(epochs), "--seed", str(seed), "--amp", str(amp)]
-    subprocess.run(cmd, cwd=bundle, check=True, stdout=subprocess.DEVNULL)
+    sys.path.insert(0, str(bundle))
+    import scripts.data
+    import scripts.optim
+
+    dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "device": f"$torch.device('{dev}')"})
+    n_train = len(scripts.data.load_split(dataset_dir, "train", 0, check_files=False))
+    batch, channels = parser.get_parsed_content("batch_size"), parser.get_parsed_content("in_channels")
+    size = list(parser.get_parsed_content("spatial_size"))
+    figures = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": batch, "n_train": n_train}
+    for tag, amp in (("fp32", False), ("amp", True)):
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("network_def", lazy=False).to(dev)  # a fresh network per precision
+        loss_function = parser.get_parsed_content("loss_function")
+        optimizer = scripts.optim.build_optimizer(
+            parser["optimizer"], net.parameters(), parser["learning_rate"], parser["weight_decay"]
+        )
+        x = torch.randn(batch, channels, *size, device=dev)
+        y = (torch.rand(batch, 1, *size, device=dev) > 0.5).float()
+        dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
+        scaler = torch.amp.GradScaler(enabled=amp and dev.type == "cuda")
+        times = []
+        for i in range(steps + 2):  # two warm-up steps
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=dtype, enabled=amp):
+                loss = loss_function(net(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        img_s = batch / statistics.median(times)
+        figures[f"{tag}_images_per_s"] = round(img_s, 2)
+        figures[f"{tag}_floor_epoch_s"] = round(n_train / img_s, 3)
+    figures["command"] = f"python scripts/bench_speed.py floor --task {task}"
+    record = RESULTS / f"speed_{task}_{dev.type}.json"
+    if update and record.is_file():
+        payload = json.loads(record.read_text())
+        base = payload["mean"]["baseline_epoch_s"]
+        for tag in ("fp32", "amp"):
+            figures[f"max_speedup_{tag}"] = round(base / figures[f"{tag}_floor_epoch_s"], 2)
+        payload["compute_floor"] = figures
+        record.write_text(json.dumps(payload, indent=2) + "\n")
+        md = record.with_suffix(".md")
+        text = md.read_text().split(FLOOR_HEADING)[0].rstrip() if md.is_file() else ""
+        md.write_text(
+            f"{text}\n\n{FLOOR_HEADING}\n\nBare training step of the same network, loss and optimizer on a batch "
+            f"already in memory (`{figures['command']}`, {figures['threads']} threads): fp32 "
+            f"{figures['fp32_images_per_s']} img/s -> an epoch of {n_train} images cannot take less than "
+            f"{figures['fp32_floor_epoch_s']} s; AMP {figures['amp_images_per_s']} img/s -> "
+            f"{figures['amp_floor_epoch_s']} s. Largest speed-up any pipeline can give over this baseline "
+            f"({base} s/epoch): **{figures['max_speedup_fp32']}x** in fp32, **{figures['max_speedup_amp']}x** with AMP.\n"
+        )
+    if out:
+        Path(out).write_text(json.dumps(figures))
+    print(json.dumps(figures, indent=2))
+
+
+def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path) -> dict:
+    overrides = {
+        "dataset_dir": str(dataset_dir),
+        "ckpt_dir": str(work),
+        "output_dir": str(work / "eval"),
+        "max_epochs": epochs,
+        "val_interval": epochs,
+        "seed": seed,
+        "amp": amp,
+    }
+    run_monai_bundle(task, ["run", "--config_file", "configs/train.json", *override_args(overrides)], quiet=True)
     history = json.loads((work / "history.json").read_text())
     # the last epoch's time includes the one validation pass: leave it out
     return {"epoch_seconds": [h["epoch_seconds"] for h in history[:-1]], "val_dice": history[-1]["val_mean_dice"]}
@@ -225,8 +316,10 @@ def run(
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     _plot(RESULTS / f"{name}.png", rows, tags, f"{task}: {epochs} epochs, {device}")
-    print(markdown)
+    # the ceiling for the ratio: the bare training step, in a fresh process (adds `compute_floor` to the record)
+    subprocess.run([sys.executable, __file__, "floor", "--task", task, "--dataset_dir", str(dataset_dir)], check=True)
+    print((RESULTS / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "baseline": baseline})
+    fire.Fire({"run": run, "baseline": baseline, "floor": floor})

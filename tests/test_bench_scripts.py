@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shlex
 import subprocess
 import sys
@@ -84,3 +86,24 @@ def test_best_prefers_mean_dice_then_pooled_then_empty_cases() -> None:
     table = bench._grid_table(rows, ["k"])
     assert table.splitlines()[0].endswith("| empty_predicted_empty |")
     assert "| 4 | 0.9200 |" in table and table.splitlines()[-1].endswith("| 9/10 |")
+
+
+def test_speed_floor_measures_the_bare_training_step_and_leaves_results_alone(tmp_path: Path) -> None:
+    """``bench_speed.py floor``: images/s of the bundle's own network/loss/optimizer step, fp32 and AMP, and the
+    shortest possible epoch of the training split (n_train / images per second)."""
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from lesiondata.synthetic import make_demo_dataset
+
+    data = make_demo_dataset("ph2_melanoma", tmp_path / "data", n=10, seed=0)
+    out = tmp_path / "floor.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_speed.py"), "floor", "--task", "ph2_melanoma"]
+    cmd += ["--dataset_dir", str(data), "--steps", "1", "--update", "False", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    figures = json.loads(out.read_text())
+    train_items = [i for i in json.loads((data / "datalist.json").read_text())["training"] if i["fold"] != 0]
+    assert figures["n_train"] == len(train_items) > 0
+    for tag in ("fp32", "amp"):
+        assert figures[f"{tag}_images_per_s"] > 0
+        assert abs(figures[f"{tag}_floor_epoch_s"] - figures["n_train"] / figures[f"{tag}_images_per_s"]) < 0.01
+    assert "max_speedup_fp32" not in figures  # --update False: the committed record is not read or written
