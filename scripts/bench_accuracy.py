@@ -307,6 +307,25 @@ def evaluate(tasks: str = "all") -> None:
     print(table(records))
 
 
+DEFAULT = "(default)"
+
+
+def _merge_rows(old: list[dict], new: list[dict], keys: list[str]) -> list[dict]:
+    """Rows of earlier sweeps of the same task plus this one's; a point run again (same settings, same epochs)
+    replaces its earlier row. A key an earlier sweep did not vary reads ``(default)`` (the bundle's value then)."""
+
+    def point(row: dict) -> str:
+        return json.dumps({**{k: row.get(k, DEFAULT) for k in keys}, "epochs": row["epochs"]}, sort_keys=True)
+
+    fresh = {point(r) for r in new}
+    return [{**dict.fromkeys(keys, DEFAULT), **r} for r in [*(r for r in old if point(r) not in fresh), *new]]
+
+
+# fields of a sweep row that are results, not settings
+ROW_FIELDS = {"epochs", "train_min", "command", "commit", "dice_mean", "dice_median", "dice_worst", "jaccard_mean"}
+ROW_FIELDS |= {"pooled_dice", "pooled_jaccard", "empty_truth_cases", "empty_predicted_empty"}
+
+
 def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | None = None) -> None:
     """Train + evaluate ``task`` for every point of ``grid`` through the bundle's own overrides.
 
@@ -316,10 +335,15 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
             --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice"], "learning_rate": [0.001, 0.002]}' \\
             --max_epochs 20
 
-    Each run lives in ``benchmarks/work/sweep/<task>/<point>``; the table (sorted by mean Dice), training time
-    and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``.
+    Each run lives in ``benchmarks/work/sweep/<task>/<point>``. The table (sorted by mean Dice, with training time)
+    and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``; rows of earlier sweeps of the task
+    are kept (each with its command and commit), so grids run one after another add up to one comparison.
     """
     combos, rows = _grid(grid), []
+    command = (
+        f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
+    )
+    command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
     for combo in combos:
         record = run_task(task, minutes, max_epochs, _overrides(combo), WORK / "sweep" / task / _slug(combo))
         rows.append(
@@ -328,25 +352,30 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
                 "epochs": record["epochs"],
                 "train_min": round(record["train_seconds"] / 60, 1),
                 **_row(record["summary"]),
+                "command": command,
+                "commit": record["commit"],
             }
         )
-    rows.sort(key=lambda r: -r["dice_mean"])
+    path = RESULTS / f"sweep_{task}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    known = earlier.get("keys") or [k for k in (earlier.get("rows") or [{}])[0] if k not in ROW_FIELDS]
+    keys = list(dict.fromkeys([*known, *combos[0]]))
+    old = [{"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])]
+    rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
     best = _best(rows)
-    keys = list(combos[0])
     markdown = f"## {task}: sweep (fold 0, true Dice/Jaccard at original size)\n\n"
     markdown += _grid_table(rows, keys, ("epochs", "train_min"))
-    markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})}"
-    command = (
-        f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
-    )
-    command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
+    markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})} ({best['epochs']} epochs)."
+    commands = sorted({r["command"] for r in rows if r.get("command")})
+    markdown += " `(default)`: the bundle's value at the time. Commands: " + ", ".join(f"`{c}`" for c in commands)
     payload = {
         "task": task,
+        "keys": keys,
         "rows": rows,
         "best": best,
-        "commit": _commit(),
         "hardware": _hardware(),
         "command": command,
+        "commit": _commit(),
     }
     _save(f"sweep_{task}", payload, markdown)
     print(markdown)

@@ -107,3 +107,19 @@ def test_speed_floor_measures_the_bare_training_step_and_leaves_results_alone(tm
         assert figures[f"{tag}_images_per_s"] > 0
         assert abs(figures[f"{tag}_floor_epoch_s"] - figures["n_train"] / figures[f"{tag}_images_per_s"]) < 0.01
     assert "max_speedup_fp32" not in figures  # --update False: the committed record is not read or written
+
+
+def test_sweeps_add_up_and_a_point_run_again_replaces_its_row() -> None:
+    old = [
+        {"network": "unet", "epochs": 20, "dice_mean": 0.80, "commit": "a"},
+        {"network": "segnet", "epochs": 20, "dice_mean": 0.70, "commit": "a"},
+    ]
+    new = [{"network": "unet", "spatial_size": [384, 384], "epochs": 20, "dice_mean": 0.85, "commit": "b"}]
+    rows = bench._merge_rows(old, new, ["network", "spatial_size"])
+    assert [r["dice_mean"] for r in rows] == [0.80, 0.70, 0.85]
+    assert rows[0]["spatial_size"] == bench.DEFAULT  # not varied by the earlier sweep: the bundle's value then
+    again = [{"network": "segnet", "spatial_size": bench.DEFAULT, "epochs": 20, "dice_mean": 0.72, "commit": "c"}]
+    rows = bench._merge_rows(rows, again, ["network", "spatial_size"])
+    assert sorted(r["dice_mean"] for r in rows) == [0.72, 0.80, 0.85]  # the segnet point was replaced
+    longer = [{"network": "segnet", "spatial_size": bench.DEFAULT, "epochs": 40, "dice_mean": 0.75, "commit": "d"}]
+    assert len(bench._merge_rows(rows, longer, ["network", "spatial_size"])) == 4  # other epochs: another point
