@@ -25,6 +25,7 @@ COPIED = (
     "multi_gpu_train.json",
     "ensemble_evaluate.json",
     "ensemble_inference.json",
+    "ensemble_merge.json",
     "inference_onnx.json",
     "inference_uncertainty.json",
 )

@@ -116,6 +116,43 @@ def test_ensemble_inference_of_architectures_and_folds(trained: dict[str, Path])
             assert json.loads((out / f"{image.stem}_findings.json").read_text())["summary"]
 
 
+def test_merged_fold_ensemble_runs_in_the_single_network_workflows(trained: dict[str, Path]) -> None:
+    """``ensemble_merge.json`` writes the fold models as one checkpoint; ``inference`` with ``--ensemble_size 2``
+    gives the masks of the mean ``EnsembleEvaluator`` and ``evaluate`` scores it at the original size."""
+    merged = trained["models"] / "merged"
+    assert not run_workflow(
+        NAME, ["train.json", "ensemble_merge.json"], None, **_common(trained, "merge"), merged_dir=str(merged)
+    )
+    record = json.loads((merged / "ensemble.json").read_text())
+    assert record["ensemble_size"] == 2 and [m["name"] for m in record["members"]] == ["fold0", "fold1"]
+    one = _infer(trained, "pred_merged", ["inference.json"], ensemble_size=2, ckpt_dir=str(merged))
+    evaluator = _infer(trained, "pred_folds_mean", ["inference.json", "ensemble_inference.json"], ensemble_mode="mean")
+    assert mask_agreement(one, evaluator)["agreement"] >= 0.999  # the same mean probabilities (float rounding apart)
+    values = {**_common(trained, "eval_merged"), "ckpt_dir": str(merged), "ensemble_size": 2}
+    assert not run_workflow(NAME, ["train.json", "evaluate.json"], "eval", **values)
+    summary = json.loads((trained["root"] / "eval_merged" / "metrics_summary.json").read_text())
+    assert 0.0 <= summary["classes"]["1"]["dice_nonempty"]["mean"] <= 1.0
+
+
+def test_mean_ensemble_net_gives_the_members_mean_probabilities() -> None:
+    use_bundle(NAME)
+    from scripts.networks import MeanEnsembleNet, build_network
+
+    torch.manual_seed(0)
+    members = [build_network("unet", 3, 3).eval() for _ in range(3)]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        merged = torch.softmax(MeanEnsembleNet(members)(x), 1)
+        single = torch.softmax(MeanEnsembleNet(members[:1])(x), 1)
+    assert torch.allclose(merged, mean, atol=1e-6)
+    assert torch.allclose(single, torch.softmax(members[0](x), 1), atol=1e-6)
+    shaped = build_network("unet", 3, 3, ensemble_size=3)
+    shaped.load_state_dict(MeanEnsembleNet(members).state_dict())  # the checkpoint shape ensemble_size builds
+    with pytest.raises(ValueError, match="ensemble_size"):
+        build_network("unet", 3, 3, ensemble_size=0)
+
+
 def test_architecture_ensemble_needs_each_checkpoint(trained: dict[str, Path]) -> None:
     use_bundle(NAME)
     from scripts.ensemble import find_members

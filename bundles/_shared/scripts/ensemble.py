@@ -29,7 +29,7 @@ from torch import nn
 
 from .engines import amp_mode
 from .handlers import atomic_write_json
-from .networks import build_network
+from .networks import MeanEnsembleNet, build_network
 
 __all__ = [
     "ENSEMBLE_MODES",
@@ -39,6 +39,7 @@ __all__ = [
     "Ensembled",
     "find_members",
     "load_members",
+    "merge_members",
     "metric_handlers",
     "pred_keys",
 ]
@@ -55,14 +56,18 @@ def _fold_number(path: Path) -> int:
 
 
 def find_members(
-    ckpt_dir: str | Path, members: str = "folds", network: str = "unet", networks: Sequence[str] = ()
+    ckpt_dir: str | Path,
+    members: str | Sequence[str] = "folds",
+    network: str = "unet",
+    networks: Sequence[str] = (),
 ) -> list[dict[str, str]]:
     """List the ensemble members found on disk.
 
     Args:
         ckpt_dir: the bundle's ``ckpt_dir`` (``models``).
         members: ``folds`` (every ``<ckpt_dir>/fold<k>/model.pt``, each a ``network``, as written by
-            ``scripts/train_folds.py``) or ``networks`` (``<ckpt_dir>/<name>/model.pt`` for each name of ``networks``).
+            ``scripts/train_folds.py``), ``networks`` (``<ckpt_dir>/<name>/model.pt`` for each name of ``networks``)
+            or a list of checkpoint paths, each a ``network`` (e.g. models trained with other seeds).
         network: the architecture of the fold models (the bundle's ``network`` key).
         networks: the architectures of a ``networks`` ensemble (the ``ensemble_networks`` key).
 
@@ -74,6 +79,12 @@ def find_members(
         FileNotFoundError: a checkpoint is missing; the message says how to train it.
     """
     root = Path(str(ckpt_dir))
+    if not isinstance(members, str):
+        paths = [Path(str(p)) for p in members]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing or not paths:
+            raise FileNotFoundError(f"ensemble member checkpoints not found: {', '.join(missing) or '(none listed)'}.")
+        return [{"name": f"member{i}", "network": network, "checkpoint": str(p)} for i, p in enumerate(paths)]
     if members == "folds":
         paths = sorted((p for p in root.glob("fold*/model.pt") if _fold_number(p) >= 0), key=_fold_number)
         if not paths:
@@ -136,6 +147,51 @@ def load_members(
             ) from err
         nets.append(net.to(device).eval())
     return nets
+
+
+def merge_members(
+    members: Sequence[Mapping[str, str]],
+    in_channels: int,
+    num_classes: int,
+    out_dir: str | Path,
+    dropout: float = 0.0,
+) -> Path:
+    """Write the members as one :class:`~scripts.networks.MeanEnsembleNet` checkpoint, ``<out_dir>/model.pt``.
+
+    Every single-network config then runs the mean ensemble with ``--ensemble_size <n> --ckpt_dir <out_dir>``:
+    ``evaluate`` (metrics at the original size, post-processing included), ``inference``, ONNX export. The members
+    must share the bundle's ``network`` (folds or seeds); an ensemble of architectures stays with
+    ``ensemble_evaluate.json`` / ``ensemble_inference.json``.
+
+    Args:
+        members: output of :func:`find_members`.
+        in_channels: the bundle's ``in_channels``.
+        num_classes: the bundle's ``num_classes``.
+        out_dir: folder of the merged checkpoint (created).
+        dropout: the bundle's ``dropout``.
+
+    Returns:
+        The checkpoint path.
+
+    Raises:
+        ValueError: the members are of different architectures.
+    """
+    networks = sorted({m["network"] for m in members})
+    if len(networks) != 1:
+        raise ValueError(
+            f"merge_members needs members of one architecture (got {', '.join(networks)}); use "
+            "configs/ensemble_inference.json for an ensemble of architectures."
+        )
+    merged = MeanEnsembleNet(load_members(members, in_channels, num_classes, dropout))
+    out = Path(str(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": merged.state_dict()}, out / "model.pt")
+    record = {"ensemble_size": len(members), "network": networks[0], "members": [dict(m) for m in members]}
+    atomic_write_json(out / "ensemble.json", record)
+    logger.info(
+        "merged %d %s members into %s (run with --ensemble_size %d)", len(members), networks[0], out, len(members)
+    )
+    return out / "model.pt"
 
 
 class Ensembled(MapTransform):

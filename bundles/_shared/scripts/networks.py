@@ -57,6 +57,7 @@ __all__ = [
     "NETWORKS",
     "DeepLabV3Plus",
     "MaxUnpool",
+    "MeanEnsembleNet",
     "ResNeXtEncoder",
     "ResUNet",
     "SegNet",
@@ -666,8 +667,38 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+class MeanEnsembleNet(nn.Module):
+    """Several networks as one: the forward returns ``log(mean_k softmax(member_k(x)))``.
+
+    These are logits whose softmax is exactly the members' mean class probability, so every single-network
+    workflow (``evaluate``, ``inference``, ONNX export, the label app) runs a merged ensemble unchanged: its
+    ``Activationsd(softmax=True)`` gives the mean probabilities and the argmax the mean-ensemble mask. The bundles
+    build one with ``ensemble_size > 1``; ``scripts.ensemble.merge_members`` writes its checkpoint from fold or seed
+    models.
+
+    Args:
+        members: the member networks (any architectures with the same output classes).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("MeanEnsembleNet needs at least one member network.")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+
+
 def build_network(
-    name: str, in_channels: int, out_channels: int, spatial_dims: int = 2, dropout: float = 0.0, **kwargs: Any
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    spatial_dims: int = 2,
+    dropout: float = 0.0,
+    ensemble_size: int = 1,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a registered segmentation network.
 
@@ -677,21 +708,29 @@ def build_network(
         out_channels: number of output channels (classes, background included).
         spatial_dims: 2 (3 works for every entry but is not what the bundles use).
         dropout: dropout probability, active in train mode and under :func:`enable_mc_dropout`.
+        ensemble_size: above 1, a :class:`MeanEnsembleNet` of that many copies of the network (the shape of a
+            merged fold or seed ensemble's checkpoint).
         kwargs: overrides of the entry's parameters (``channels``, ``features``, ``backbone``, ...).
 
     Returns:
         The network; its forward maps ``(B, in_channels, H, W)`` to logits ``(B, out_channels, H, W)``.
 
     Raises:
-        ValueError: unknown ``name``, or ``pretrained=True`` (weights are never downloaded here).
+        ValueError: unknown ``name``, ``ensemble_size < 1``, or ``pretrained=True`` (weights are never downloaded).
     """
     if name not in NETWORKS:
         raise ValueError(f"Unknown network {name!r}; valid names: {', '.join(NETWORKS)}.")
     if kwargs.get("pretrained"):
         raise ValueError("pretrained=True is not supported (nothing is downloaded); load a local checkpoint instead.")
-    return NETWORKS[name](
-        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout=dropout, **kwargs
-    )
+    if int(ensemble_size) < 1:
+        raise ValueError(f"ensemble_size must be 1 (one network) or more (a merged ensemble); got {ensemble_size}.")
+
+    def one() -> nn.Module:
+        return NETWORKS[name](
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout=dropout, **kwargs
+        )
+
+    return one() if int(ensemble_size) == 1 else MeanEnsembleNet([one() for _ in range(int(ensemble_size))])
 
 
 def enable_mc_dropout(model: nn.Module) -> nn.Module:
