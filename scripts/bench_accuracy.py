@@ -461,7 +461,11 @@ def _card_section(task: str) -> str:
             "",
             *post.read_text().splitlines()[2:],
         ]
-    for extra in sorted(RESULTS.glob(f"speed_{task}_*.md")) + sorted(RESULTS.glob(f"sweep_{task}.md")):
+    for extra in (
+        sorted(RESULTS.glob(f"speed_{task}_*.md"))
+        + sorted(RESULTS.glob(f"sweep_{task}.md"))
+        + sorted(RESULTS.glob(f"ensemble_{task}.md"))
+    ):
         lines += ["", f"From `benchmarks/results/{extra.name}`:", "", *extra.read_text().splitlines()]
     return "\n".join(lines)
 
@@ -525,6 +529,56 @@ def _names(tasks: str | tuple) -> list[str]:
     return names
 
 
+def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
+    """Mean ensemble of trained runs of ``task`` (same architecture), scored like a single model.
+
+    ``members``: comma list of run folders (each with ``models/model.pt``), relative to ``benchmarks/work`` or
+    absolute, e.g. ``ph2_melanoma,sweep/ph2_melanoma/seed-1``. The members are merged into one checkpoint by the
+    bundle's ``ensemble_merge.json`` and evaluated by its ``evaluate.json`` with ``--ensemble_size n`` on fold 0 at
+    the original size, with the bundle's current post-processing; each member is re-evaluated the same way, so the
+    gain is measured on the same cases in one run. Every member must have been trained without fold 0 (a fold
+    ensemble scored on fold 0 would have seen it). Writes ``benchmarks/results/ensemble_<task>.{json,md}``.
+    """
+    names = [str(m) for m in (members.split(",") if isinstance(members, str) else members)]  # fire gives a tuple
+    runs = [Path(m) if Path(m).is_absolute() else WORK / m for m in names]
+    missing = [str(r / "models" / "model.pt") for r in runs if not (r / "models" / "model.pt").is_file()]
+    if len(runs) < 2 or missing:
+        raise SystemExit(f"need two or more trained runs; missing: {', '.join(missing) or '(fewer than two given)'}.")
+    out = WORK / task / f"ensemble_{name}"
+    merge = {
+        "ensemble_members": [str(r / "models" / "model.pt") for r in runs],
+        "ckpt_dir": str(out),
+        "merged_dir": str(out / "models"),
+    }
+    run_monai_bundle(
+        task, ["run", "--config_file", "['configs/train.json','configs/ensemble_merge.json']", *override_args(merge)]
+    )
+    rows = []
+    for name_of, r in zip(names, runs, strict=True):
+        summary = evaluate_task(task, r, [], r / "eval_for_ensemble")
+        rows.append({"member": name_of, **_row(summary)})
+    summary = evaluate_task(task, out, override_args({"ensemble_size": len(runs)}), out / "eval")
+    rows.append({"member": f"mean ensemble of {len(runs)}", **_row(summary)})
+    members_mean = sum(r["dice_mean"] for r in rows[:-1]) / len(runs)
+    gain = {
+        "dice_mean_vs_best_member": round(rows[-1]["dice_mean"] - max(r["dice_mean"] for r in rows[:-1]), 4),
+        "dice_mean_vs_members_mean": round(rows[-1]["dice_mean"] - members_mean, 4),
+    }
+    command = f"python scripts/bench_accuracy.py ensemble {task} --members {','.join(names)} --name {name}"
+    markdown = f"## {task}: mean ensemble vs its members (fold 0, true Dice/Jaccard at original size)\n\n"
+    markdown += _grid_table(rows, ["member"]) + f"\n\nGain: {json.dumps(gain)}. Command: `{command}`."
+    payload = {
+        "task": task,
+        "rows": rows,
+        "gain": gain,
+        "hardware": _hardware(),
+        "commit": _commit(),
+        "command": command,
+    }
+    _save(f"ensemble_{task}", payload, markdown)
+    print(markdown)
+
+
 def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "") -> None:
     """Train + evaluate ``tasks`` (comma list or ``all``) for at most ``minutes`` of training each.
 
@@ -541,4 +595,13 @@ def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "evaluate": evaluate, "postprocess": postprocess, "sweep": sweep, "cards": cards})
+    fire.Fire(
+        {
+            "run": run,
+            "evaluate": evaluate,
+            "postprocess": postprocess,
+            "sweep": sweep,
+            "ensemble": ensemble,
+            "cards": cards,
+        }
+    )
