@@ -117,10 +117,16 @@ def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], d
     raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
-def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) -> list[float]:
-    """Run the bundle's inference workflow once; seconds per image, fetch to end of iteration."""
+STAGES = ("load_pre", "network", "post")
+
+
+def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) -> list[dict[str, float]]:
+    """Run the bundle's inference workflow once; per image, seconds from fetch to end of iteration (``total``) and
+    its stages: ``load_pre`` (read + pre-process, until the batch is ready), ``network`` (to the end of the forward
+    pass) and ``post`` (inversion to the original size, post-processing, findings, writing the mask)."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
+    from monai.engines.utils import IterationEvents
 
     root = BUNDLES_DIR / bundle
     if str(root) not in sys.path:
@@ -135,10 +141,27 @@ def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) ->
     )
     wf.initialize()
     evaluator = wf.parser.get_parsed_content("evaluator")
-    times: list[float] = []
-    start = [0.0]
-    evaluator.add_event_handler(Events.GET_BATCH_STARTED, lambda _: start.__setitem__(0, time.perf_counter()))
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: times.append(time.perf_counter() - start[0]))
+    times: list[dict[str, float]] = []
+    marks: dict[str, float] = {}
+
+    def mark(name: str):
+        return lambda _: marks.__setitem__(name, time.perf_counter())
+
+    def done(_) -> None:
+        end = time.perf_counter()
+        times.append(
+            {
+                "total": end - marks["start"],
+                "load_pre": marks["ready"] - marks["start"],
+                "network": marks["forward"] - marks["ready"],
+                "post": end - marks["forward"],
+            }
+        )
+
+    evaluator.add_event_handler(Events.GET_BATCH_STARTED, mark("start"))
+    evaluator.add_event_handler(Events.GET_BATCH_COMPLETED, mark("ready"))
+    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, mark("forward"))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, done)
     wf.run()
     wf.finalize()
     return times
@@ -166,7 +189,7 @@ def bench_bundle(
     rows = []
     for size in sizes:
         folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
-        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        seconds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         outputs = {m: work / bundle / network / "out" / f"{m}_{size}" for m in modes}
         for r, folder in enumerate(folders):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
@@ -177,8 +200,11 @@ def bench_bundle(
         for mode in modes:
             row = {"bundle": bundle, "network": network, "input_size": size, "mode": mode}
             row["n_timed"] = len(seconds[mode])
-            row["p50_ms"] = round(1000 * statistics.median(seconds[mode]), 1)
-            row["p90_ms"] = round(1000 * float(np.percentile(seconds[mode], 90)), 1)
+            totals = [t["total"] for t in seconds[mode]]
+            row["p50_ms"] = round(1000 * statistics.median(totals), 1)
+            row["p90_ms"] = round(1000 * float(np.percentile(totals, 90)), 1)
+            for stage in STAGES:  # where the time goes: the network's share bounds what a faster network can give
+                row[f"p50_{stage}_ms"] = round(1000 * statistics.median(t[stage] for t in seconds[mode]), 1)
             if mode != "fp32" and "fp32" in outputs:
                 row["agreement_vs_fp32"] = round(mask_agreement(outputs["fp32"], outputs[mode])["agreement"], 6)
             row["correct"] = row.get("agreement_vs_fp32", 1.0) >= AGREEMENT
@@ -201,11 +227,22 @@ def _p50(results: list[dict[str, Any]], bundle: str, size: int, mode: str) -> fl
     return next(r["p50_ms"] for r in results if (r["bundle"], r["input_size"], r["mode"]) == (bundle, size, mode))
 
 
+def _stages(row: dict[str, Any]) -> list[str]:
+    if "p50_network_ms" not in row:  # a record from before the stages were timed
+        return ["-", "-"]
+    rest = row["p50_load_pre_ms"] + row["p50_post_ms"]
+    split = f"{row['p50_load_pre_ms']:.0f}/{row['p50_network_ms']:.0f}/{row['p50_post_ms']:.0f}"
+    return [split, f"{row['p50_ms'] / rest:.2f}x" if rest > 0 else "-"]
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
-    """One row per bundle and input size: p50 per mode with its ratio to fp32, worst agreement, fastest correct."""
+    """One row per bundle and input size: p50 per mode with its ratio to fp32, worst agreement, fastest correct,
+    and fp32's stages (load + pre-process / network / post-process + write) with the speed-up a network taking no
+    time at all would give (fp32 total over its load + pre + post)."""
     modes = list(dict.fromkeys(r["mode"] for r in results))
     best = fastest(results)
     head = ["bundle", "network", "input"] + [f"{m} p50 ms" for m in modes] + ["min agreement", "fastest correct"]
+    head += ["fp32 pre/net/post ms", "max speed-up (network -> 0)"]
     rows = [head]
     for bundle, size in dict.fromkeys((r["bundle"], r["input_size"]) for r in results):
         group = {r["mode"]: r for r in results if (r["bundle"], r["input_size"]) == (bundle, size)}
@@ -224,6 +261,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 *cells,
                 f"{100 * agreement:.2f}%",
                 best.get(bundle, {}).get(str(size), "-"),
+                *_stages(group.get("fp32", {})),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
