@@ -465,6 +465,7 @@ def _card_section(task: str) -> str:
         sorted(RESULTS.glob(f"speed_{task}_*.md"))
         + sorted(RESULTS.glob(f"sweep_{task}.md"))
         + sorted(RESULTS.glob(f"ensemble_{task}.md"))
+        + sorted(RESULTS.glob(f"empty_cases_{task}.md"))
     ):
         lines += ["", f"From `benchmarks/results/{extra.name}`:", "", *extra.read_text().splitlines()]
     return "\n".join(lines)

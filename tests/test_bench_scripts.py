@@ -123,3 +123,15 @@ def test_sweeps_add_up_and_a_point_run_again_replaces_its_row() -> None:
     assert sorted(r["dice_mean"] for r in rows) == [0.72, 0.80, 0.85]  # the segnet point was replaced
     longer = [{"network": "segnet", "spatial_size": bench.DEFAULT, "epochs": 40, "dice_mean": 0.75, "commit": "d"}]
     assert len(bench._merge_rows(rows, longer, ["network", "spatial_size"])) == 4  # other epochs: another point
+
+
+def test_empty_case_separability_counts_the_cases_a_threshold_keeps() -> None:
+    empty = _load("bench_empty_cases")
+    rows = [{"truth_fraction": 0.0, **dict.fromkeys(empty.STATISTICS, v)} for v in (0.1, 0.2, 0.3, 0.9)]
+    rows += [{"truth_fraction": 0.05, **dict.fromkeys(empty.STATISTICS, v)} for v in (0.25, 0.5, 0.8, 0.95)]
+    table = empty.separability(rows)["pred_fraction"]
+    # 90 % of 4 empties right needs all 4 below t, so t > 0.9: only 0.95 stays non-empty
+    assert table["90%"] == {"non_empty_kept": 1, "threshold": 0.95}
+    # 66 % (3 of 4) right: t just above 0.3 keeps 0.5, 0.8, 0.95
+    assert table["66%"]["non_empty_kept"] == 3 and table["66%"]["threshold"] == 0.5
+    assert table["median_empty"] == 0.25 and table["median_non_empty"] == 0.65

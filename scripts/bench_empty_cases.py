@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Can a per-image rule on a trained model's output tell the empty cases (no structure) from the others?
+
+Usage::
+
+    python scripts/bench_empty_cases.py run --task trus_prostate [--run benchmarks/work/trus_prostate]
+
+For each fold-0 case of the prepared set, runs the bundle's network (checkpoint ``<run>/models/model.pt``, the
+bundle's ``evaluate`` pre-processing and recipe keys) and records image-level statistics of the foreground
+probability: the predicted area fraction, the summed probability, the maximum, the 99th percentile and the mean
+probability inside the predicted mask. For each statistic it finds, over every threshold ("empty if the statistic is
+below t"), how many cases with a structure stay non-empty while a given share of the empty cases is predicted
+empty. If no statistic keeps most non-empty cases at the goal's share (C-TRUS: 90 %), post-processing cannot reach
+the goal and the model itself has to separate the cases (an image-level head, more data or resolution).
+Writes ``benchmarks/results/empty_cases_<task>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+STATISTICS = ("pred_fraction", "sum_probability", "max_probability", "p99_probability", "mean_probability_in_mask")
+SHARES = (0.9, 0.8, 0.66)
+
+
+def case_statistics(task: str, run: Path, dataset_dir: Path) -> list[dict]:
+    """Image-level statistics of the foreground probability for every fold-0 case (network at ``spatial_size``)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    bundle = ROOT / "bundles" / task
+    sys.path.insert(0, str(bundle))
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")])
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "validate#dataset#cache_rate": 0.0})
+    if parser["num_classes"] != 2:
+        raise SystemExit(f"{task}: this analysis is for one foreground class (num_classes 2).")
+    net = parser.get_parsed_content("net")
+    state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model", state))
+    net.eval()
+    dataset = parser.get_parsed_content("validate#dataset")
+    rows = []
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            prob = torch.softmax(net(item["image"][None]).float(), 1)[0, 1].numpy()
+            mask = prob > 0.5
+            rows.append(
+                {
+                    "case": Path(str(item["image"].meta["filename_or_obj"])).stem,
+                    "truth_fraction": float((item["label"].numpy() > 0).mean()),
+                    "pred_fraction": float(mask.mean()),
+                    "sum_probability": float(prob.mean()),
+                    "max_probability": float(prob.max()),
+                    "p99_probability": float(np.quantile(prob, 0.99)),
+                    "mean_probability_in_mask": float(prob[mask].mean()) if mask.any() else 0.0,
+                }
+            )
+    return rows
+
+
+def separability(rows: list[dict]) -> dict[str, dict]:
+    """Per statistic: the most non-empty cases kept non-empty while at least each share of ``SHARES`` of the empty
+    cases is predicted empty (rule: empty when the statistic is below a threshold), with that threshold."""
+    empty = [r for r in rows if r["truth_fraction"] == 0]
+    other = [r for r in rows if r["truth_fraction"] > 0]
+    out = {}
+    for stat in STATISTICS:
+        e, n = np.array([r[stat] for r in empty]), np.array([r[stat] for r in other])
+        thresholds = np.unique(np.concatenate([e, n, [np.inf]]))
+        best = {}
+        for share in SHARES:
+            ok = [(int((n >= t).sum()), float(t)) for t in thresholds if (e < t).sum() >= share * len(e)]
+            kept, t = max(ok) if ok else (0, float("nan"))
+            best[f"{share:.0%}"] = {"non_empty_kept": kept, "threshold": t}
+        out[stat] = {"median_empty": float(np.median(e)), "median_non_empty": float(np.median(n)), **best}
+    return out
+
+
+def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "") -> None:
+    """Statistics per case, the separability table; prints it and writes JSON + markdown."""
+    from bench_accuracy import DATASETS, WORK, _commit, _hardware
+
+    work = Path(run).resolve() if run else WORK / task
+    data = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
+    if not (work / "models" / "model.pt").is_file():
+        raise SystemExit(f"{work / 'models' / 'model.pt'} missing: train it with bench_accuracy.py run --tasks {task}.")
+    rows = case_statistics(task, work, data)
+    table = separability(rows)
+    n_empty = sum(r["truth_fraction"] == 0 for r in rows)
+    n_other = len(rows) - n_empty
+    lines = [
+        f"## {task}: can one threshold on the model's output find the empty cases? (fold 0, {n_empty} empty, "
+        f"{n_other} with a structure)",
+        "",
+        "| statistic | median (empty) | median (non-empty) | "
+        + " | ".join(f"non-empty kept with {s:.0%} of empties right" for s in SHARES)
+        + " |",
+        "|---|---|---|" + "---|" * len(SHARES),
+    ]
+    for stat, t in table.items():
+        cells = [f"{t[f'{s:.0%}']['non_empty_kept']}/{n_other}" for s in SHARES]
+        lines.append(f"| {stat} | {t['median_empty']:.3f} | {t['median_non_empty']:.3f} | " + " | ".join(cells) + " |")
+    command = f"python scripts/bench_empty_cases.py run --task {task}" + (f" --run {run}" if run else "")
+    lines += [
+        "",
+        f"Checkpoint `{work.relative_to(ROOT) if work.is_relative_to(ROOT) else work}`; command: `{command}`.",
+    ]
+    markdown = "\n".join(lines)
+    payload = {
+        "task": task,
+        "checkpoint": str(work / "models" / "model.pt"),
+        "separability": table,
+        "cases": rows,
+        "hardware": _hardware(),
+        "commit": _commit(),
+        "command": command,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"empty_cases_{task}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"empty_cases_{task}.md").write_text(markdown + "\n")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run})
