@@ -252,7 +252,14 @@ def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) 
         cols.append("empty_predicted_empty")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c not in keys else str(r[c]) for c in cols]
+        cells = [
+            str(r[c])
+            if c in keys or not isinstance(r[c], float)
+            else f"{r[c]:.1f}"
+            if c == "train_min"
+            else f"{r[c]:.4f}"
+            for c in cols
+        ]
         if "empty_predicted_empty" in cols:
             cells[-1] = f"{r['empty_predicted_empty']}/{r['empty_truth_cases']}"
         lines.append("| " + " | ".join(cells) + " |")
@@ -369,10 +376,16 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
                 "commit": record["commit"],
             }
         )
+    record_sweep(task, rows, list(combos[0]), command)
+
+
+def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str) -> None:
+    """Add a sweep's rows to ``benchmarks/results/sweep_<task>.{json,md}`` (see :func:`_merge_rows`), choose the
+    winner over all rows, print the table."""
     path = RESULTS / f"sweep_{task}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     known = earlier.get("keys") or [k for k in (earlier.get("rows") or [{}])[0] if k not in ROW_FIELDS]
-    keys = list(dict.fromkeys([*known, *combos[0]]))
+    keys = list(dict.fromkeys([*known, *grid_keys]))
     old = [{"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])]
     rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
     best = _best(rows)

@@ -5,7 +5,8 @@
 # rewrite the cards' generated results blocks. Records (with hardware, time and commit) go to benchmarks/results/.
 #
 #   bash scripts/reproduce.sh                 # everything (about 2 h on 2 free CPU cores)
-#   bash scripts/reproduce.sh accuracy        # one stage: convert | accuracy | postprocess | speed | cards
+#   bash scripts/reproduce.sh accuracy        # one stage: convert | accuracy | postprocess | speed | cards | levers
+#   (levers, the sweeps behind the defaults, is not part of "all": about 5 h more)
 #
 # Run it on an otherwise idle machine: the timings are only comparable within one run.
 set -euo pipefail
@@ -37,7 +38,17 @@ postprocess() {
     $PY scripts/bench_accuracy.py postprocess --tasks brain_tumor \
         --grid '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}'
     $PY scripts/bench_accuracy.py postprocess --tasks trus_prostate \
-        --grid '{"tta_views": [1], "keep_largest_component": [false, true], "min_component_fraction": [0.0, 0.003, 0.01]}'
+        --grid '{"tta_views": [1], "keep_largest_component": [false, true], "min_component_fraction": [0.0, 0.003, 0.01, 0.02, 0.03]}'
+    $PY scripts/bench_empty_cases.py run --task trus_prostate
+}
+
+levers() {
+    # the comparisons behind the defaults (each row of the sweep tables; sweeps add up per task)
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice_bce"]}' --max_epochs 20
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"seed": [1]}' --max_epochs 120
+    $PY scripts/bench_accuracy.py ensemble ph2_melanoma --members ph2_melanoma,sweep/ph2_melanoma/seed-1 --name seeds
+    $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"spatial_size": [[256, 256], [384, 384], [512, 512]]}' --max_epochs 50
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]]}' --max_epochs 20
 }
 
 speed() {
@@ -51,7 +62,7 @@ cards() {
 
 case "$STAGE" in
     all) convert; accuracy; postprocess; speed; cards ;;
-    convert|accuracy|postprocess|speed|cards) "$STAGE" ;;
-    *) echo "unknown stage $STAGE: all | convert | accuracy | postprocess | speed | cards"; exit 2 ;;
+    convert|accuracy|postprocess|speed|cards|levers) "$STAGE" ;;
+    *) echo "unknown stage $STAGE: all | convert | accuracy | postprocess | speed | cards | levers"; exit 2 ;;
 esac
 echo "commit $(git rev-parse --short HEAD); results in benchmarks/results/; model cards updated"
