@@ -280,14 +280,18 @@ def _save(name: str, payload: dict, markdown: str) -> None:
 def postprocess(
     tasks: str = "all",
     grid: str | dict = '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}',
+    run: str = "",
 ) -> None:
     """Re-evaluate each task's trained checkpoint (``benchmarks/work/<task>/models``, from ``run``) over a grid of
     evaluation-time options: flip TTA views, largest component, hole filling, minimum component size.
 
-    Writes ``benchmarks/results/postprocess_<task>.{json,md}`` and prints the table and the best setting.
+    ``run``: another trained run folder, relative to ``benchmarks/work`` (e.g. a sweep point,
+    ``sweep/trus_prostate/spatial_size-_384_384_``; put its recipe keys such as ``spatial_size`` in the grid).
+    Writes ``benchmarks/results/postprocess_<task>.{json,md}`` (``postprocess_<task>_<run folder>`` for another
+    run) and prints the table and the best setting.
     """
     for task in _names(tasks):
-        work = WORK / task
+        work = WORK / (run or task)
         if not (work / "models" / "model.pt").is_file():
             raise SystemExit(
                 f"{work / 'models' / 'model.pt'} missing: run `bench_accuracy.py run --tasks {task}` first."
@@ -303,8 +307,8 @@ def postprocess(
         record = {"task": task, "grid": grid, "rows": rows, "best": best, "commit": _commit(), "hardware": _hardware()}
         record["command"] = (
             f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{json.dumps(grid) if not isinstance(grid, str) else grid}'"
-        )
-        _save(f"postprocess_{task}", record, markdown)
+        ) + (f" --run {run}" if run else "")
+        _save(f"postprocess_{task}" + (f"_{Path(run).name}" if run else ""), record, markdown)
         print(markdown)
 
 

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python scripts/bench_empty_cases.py run --task trus_prostate [--run benchmarks/work/trus_prostate]
+    python scripts/bench_empty_cases.py run --task trus_prostate [--run sweep/trus_prostate/<point>]
 
 For each fold-0 case of the prepared set, runs the bundle's network (checkpoint ``<run>/models/model.pt``, the
 bundle's ``evaluate`` pre-processing and recipe keys) and records image-level statistics of the foreground
@@ -30,8 +30,9 @@ STATISTICS = ("pred_fraction", "sum_probability", "max_probability", "p99_probab
 SHARES = (0.9, 0.8, 0.66)
 
 
-def case_statistics(task: str, run: Path, dataset_dir: Path) -> list[dict]:
-    """Image-level statistics of the foreground probability for every fold-0 case (network at ``spatial_size``)."""
+def case_statistics(task: str, run: Path, dataset_dir: Path, overrides: dict | None = None) -> list[dict]:
+    """Image-level statistics of the foreground probability for every fold-0 case (network at ``spatial_size``);
+    ``overrides``: the run's recipe keys (e.g. ``{"spatial_size": [384, 384]}``)."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -40,6 +41,7 @@ def case_statistics(task: str, run: Path, dataset_dir: Path) -> list[dict]:
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")])
     parser.update({"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "validate#dataset#cache_rate": 0.0})
+    parser.update(dict(overrides or {}))
     if parser["num_classes"] != 2:
         raise SystemExit(f"{task}: this analysis is for one foreground class (num_classes 2).")
     net = parser.get_parsed_content("net")
@@ -85,15 +87,17 @@ def separability(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "") -> None:
-    """Statistics per case, the separability table; prints it and writes JSON + markdown."""
+def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "", overrides: str | dict = "") -> None:
+    """Statistics per case, the separability table; prints it and writes JSON + markdown (``empty_cases_<task>``, or
+    ``empty_cases_<task>_<run folder>`` for another run). ``overrides``: JSON of the run's recipe keys."""
     from bench_accuracy import DATASETS, WORK, _commit, _hardware
 
-    work = Path(run).resolve() if run else WORK / task
+    work = WORK / (run or task)  # a run folder relative to benchmarks/work, as in bench_accuracy.py
     data = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (work / "models" / "model.pt").is_file():
         raise SystemExit(f"{work / 'models' / 'model.pt'} missing: train it with bench_accuracy.py run --tasks {task}.")
-    rows = case_statistics(task, work, data)
+    extra = json.loads(overrides) if isinstance(overrides, str) and overrides else dict(overrides or {})
+    rows = case_statistics(task, work, data, extra)
     table = separability(rows)
     n_empty = sum(r["truth_fraction"] == 0 for r in rows)
     n_other = len(rows) - n_empty
@@ -110,6 +114,7 @@ def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "") -> No
         cells = [f"{t[f'{s:.0%}']['non_empty_kept']}/{n_other}" for s in SHARES]
         lines.append(f"| {stat} | {t['median_empty']:.3f} | {t['median_non_empty']:.3f} | " + " | ".join(cells) + " |")
     command = f"python scripts/bench_empty_cases.py run --task {task}" + (f" --run {run}" if run else "")
+    command += f" --overrides '{json.dumps(extra)}'" if extra else ""
     lines += [
         "",
         f"Checkpoint `{work.relative_to(ROOT) if work.is_relative_to(ROOT) else work}`; command: `{command}`.",
@@ -125,8 +130,9 @@ def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "") -> No
         "command": command,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"empty_cases_{task}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"empty_cases_{task}.md").write_text(markdown + "\n")
+    name = f"empty_cases_{task}" + (f"_{work.name}" if run else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
 
 
