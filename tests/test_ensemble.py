@@ -133,6 +133,26 @@ def test_merged_fold_ensemble_runs_in_the_single_network_workflows(trained: dict
     summary = json.loads((trained["root"] / "eval_merged" / "metrics_summary.json").read_text())
     assert 0.0 <= summary["classes"]["1"]["dice_nonempty"]["mean"] <= 1.0
 
+    # the merged checkpoint exports like a single network (TorchScript + ONNX) and gives the same probabilities
+    import onnxruntime
+
+    from lesiondata.export import export_bundle
+
+    use_bundle(NAME)
+    from scripts.networks import build_network
+
+    out = trained["root"] / "exported_merged"
+    files = export_bundle(NAME, ckpt_dir=merged, out_dir=out, quiet=True, ensemble_size=2, spatial_size=[64, 64])
+    eager = build_network("unet", 3, 2, ensemble_size=2).eval()
+    eager.load_state_dict(torch.load(merged / "model.pt", weights_only=True))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.softmax(eager(x), 1)
+        scripted = torch.softmax(torch.jit.load(str(files["torchscript"]))(x), 1)
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    onnx = torch.softmax(torch.as_tensor(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]), 1)
+    assert torch.allclose(scripted, expected, atol=1e-5) and torch.allclose(onnx, expected, atol=1e-4)
+
 
 def test_mean_ensemble_net_gives_the_members_mean_probabilities() -> None:
     use_bundle(NAME)

@@ -185,7 +185,7 @@ def merge_members(
     merged = MeanEnsembleNet(load_members(members, in_channels, num_classes, dropout))
     out = Path(str(out_dir))
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": merged.state_dict()}, out / "model.pt")
+    torch.save(merged.state_dict(), out / "model.pt")  # flat, as the training CheckpointSaver writes one object
     record = {"ensemble_size": len(members), "network": networks[0], "members": [dict(m) for m in members]}
     atomic_write_json(out / "ensemble.json", record)
     logger.info(

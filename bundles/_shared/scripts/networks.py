@@ -687,8 +687,10 @@ class MeanEnsembleNet(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
-        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+        probs: list[torch.Tensor] = []
+        for member in self.members:  # a loop, not a comprehension: TorchScript (ckpt_export) scripts it
+            probs.append(torch.softmax(member(x).float(), dim=1))
+        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-30))  # float32 logits; no log(0)
 
 
 def build_network(
