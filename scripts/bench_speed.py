@@ -148,6 +148,7 @@ def floor(
     sys.path.insert(0, str(bundle))
     import scripts.data
     import scripts.optim
+    from scripts.engines import amp_mode
 
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,13 +168,15 @@ def floor(
         )
         x = torch.randn(batch, channels, *size, device=dev)
         y = (torch.rand(batch, 1, *size, device=dev) > 0.5).float()
-        dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
-        scaler = torch.amp.GradScaler(enabled=amp and dev.type == "cuda")
+        # what the bundle's --amp True resolves to: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32
+        mode = amp_mode(amp, dev)
+        dtype = torch.bfloat16 if mode == "cpu" else torch.float16
+        scaler = torch.amp.GradScaler(enabled=mode == "cuda")
         times = []
         for i in range(steps + 2):  # two warm-up steps
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=dtype, enabled=amp):
+            with torch.autocast(dev.type, dtype=dtype, enabled=mode is not None):
                 loss = loss_function(net(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
