@@ -24,6 +24,7 @@ from scripts.report import image_scores, summarise_scores  # noqa: E402
 from scripts.transforms import (  # noqa: E402
     ArgmaxChanneld,
     EnsureChannelsd,
+    RandElasticd,
     argmax_channels,
     clean_mask,
     diffusion_filter,
@@ -103,6 +104,28 @@ def test_ensure_channels() -> None:
     assert rgb.shape == (3, 2, 3) and torch.equal(rgb[2], grey[0])
     back = EnsureChannelsd("image", 1)({"image": rgb})["image"]
     assert torch.allclose(back, grey)
+
+
+def test_elastic_deformation_moves_image_and_label_together_and_costs_nothing_when_off() -> None:
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    label = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    label[0, 30:60, 20:70] = 1
+    data = {"image": torch.stack([yy, xx]), "label": label}
+    kwargs = {"keys": ["image", "label"], "spacing": 32, "magnitude_range": (2.0, 4.0), "mode": ["bilinear", "nearest"]}
+    off = RandElasticd(prob=0.0, **kwargs)
+    assert off(data)["image"] is data["image"]  # untouched, not resampled through an identity grid
+    on = RandElasticd(prob=1.0, **kwargs)
+    on.set_random_state(0)
+    out = on(data)
+    shift = (torch.as_tensor(out["image"]) - data["image"]).norm(dim=0)[16:-16, 16:-16]
+    assert 0.5 < float(shift.mean()) < 10.0  # pixels moved by a few pixels, not scrambled
+    moved = torch.as_tensor(out["label"])
+    assert set(torch.unique(moved).tolist()) == {0, 1}  # nearest: labels stay labels
+    assert not torch.equal(moved.to(torch.uint8), label) and abs(float(moved.sum()) / float(label.sum()) - 1) < 0.2
+    half = RandElasticd(prob=0.5, **kwargs)
+    half.set_random_state(1)
+    fired = sum(half(data)["image"] is not data["image"] for _ in range(200))
+    assert 70 < fired < 130  # fires with its own probability (not prob squared)
 
 
 def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:

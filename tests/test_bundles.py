@@ -153,6 +153,26 @@ def test_configs_build_the_same_network(name: str) -> None:
         assert _network_summary(name, configs) == reference, configs
 
 
+def test_augmentation_keys_reach_the_training_transforms_and_keep_labels_valid(demo_data) -> None:
+    """``colour_aug`` (channel-wise intensity scaling) and ``elastic_prob`` switch their transforms on; off (the
+    default) they never fire; validation is never augmented; augmented samples keep shape and label values."""
+    common = {"dataset_dir": str(demo_data["ph2_melanoma"]), **SMALL, "cache_rate": 0.0}
+
+    def transforms(wf, section: str) -> dict:
+        return {type(t).__name__: t for t in wf.parser.get_parsed_content(f"{section}#preprocessing").transforms}
+
+    default = transforms(_workflow("ph2_melanoma", ["train.json"], "train", **common), "train")
+    assert default["RandScaleIntensityd"].prob == 0.0 and default["RandElasticd"].apply_prob == 0.0
+    aug_wf = _workflow("ph2_melanoma", ["train.json"], "train", colour_aug=0.3, elastic_prob=1.0, **common)
+    aug = transforms(aug_wf, "train")
+    assert aug["RandScaleIntensityd"].prob > 0 and aug["RandScaleIntensityd"].scaler.factors == (-0.3, 0.3)
+    assert aug["RandScaleIntensityd"].scaler.channel_wise and aug["RandElasticd"].apply_prob == 1.0
+    assert not {"RandScaleIntensityd", "RandElasticd"} & set(transforms(aug_wf, "validate"))
+    sample = aug_wf.parser.get_parsed_content("train#dataset")[0]
+    assert sample["image"].shape == (3, 64, 64) and torch.isfinite(torch.as_tensor(sample["image"])).all()
+    assert set(torch.unique(torch.as_tensor(sample["label"])).tolist()) <= {0, 1}
+
+
 def test_bundles_are_in_sync_with_the_template() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True
