@@ -138,7 +138,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
     dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
-    cases = check_split(task, dataset_dir)
+    check_split(task, dataset_dir)
     stage1, asked = None, list(extra)
     if task in PRETRAIN and "--init_weights" not in extra:
         stage1 = pretrain(task, work)
@@ -151,24 +151,12 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         task, ["run", "--config_file", "configs/train.json", *override_args(paths), *extra, *override_args(limits)]
     )
     train_seconds = time.perf_counter() - t0
-    summary = evaluate_task(task, work, extra, work / "eval")
-    plots = keep_plots(task, work / "eval") if work == WORK / task else []
-    history = json.loads((ckpt / "history.json").read_text())
-    epoch_s = sorted(h["epoch_seconds"] for h in history)
-    return {
-        "task": task,
-        "dataset": DATASETS[task],
-        "fold": 0,
-        "val_cases": len(cases),
+    evaluate_task(task, work, extra, work / "eval")
+    record = {
+        **_work_record(task, work, train_seconds),
         "overrides": extra,
-        "epochs": len(history),
-        "train_seconds": round(train_seconds, 1),
-        "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
-        "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
-        **selection(history),
         "pretrain": stage1,
-        "summary": summary,
-        "plots": plots,
+        "plots": keep_plots(task, work / "eval") if work == WORK / task else [],
         "hardware": _hardware(),
         "commit": _commit(),
         "command": "python scripts/bench_accuracy.py run --tasks "
@@ -176,6 +164,27 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         + f" --minutes {minutes}"
         + (f" --max_epochs {max_epochs}" if max_epochs else "")
         + (f' --overrides "{shlex.join(asked)}"' if asked else ""),
+    }
+    (work / "record.json").write_text(json.dumps(record, indent=2) + "\n")  # what `promote` takes
+    return record
+
+
+def _work_record(task: str, work: Path, train_seconds: float) -> dict:
+    """The figures of a trained and evaluated run folder (``models/history.json``, ``eval/metrics_summary.json``)."""
+    history = json.loads((work / "models" / "history.json").read_text())
+    summary = json.loads((work / "eval" / "metrics_summary.json").read_text())
+    epoch_s = sorted(h["epoch_seconds"] for h in history)
+    return {
+        "task": task,
+        "dataset": DATASETS[task],
+        "fold": 0,
+        "val_cases": summary["n_images"],
+        "epochs": len(history),
+        "train_seconds": round(train_seconds, 1),
+        "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
+        "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
+        **selection(history),
+        "summary": summary,
     }
 
 
@@ -465,6 +474,7 @@ def _card_section(task: str) -> str:
         ),
         "",
         f"Goal (issue 5): {GOALS[task]}. Command: `{r['command']}`"
+        + (f" (a sweep point, made the record by `{r['promote_command']}`)" if "promote_command" in r else "")
         + (f", then `{r['evaluate_command']}` (commit `{r['evaluated_at_commit']}`)" if "evaluate_command" in r else "")
         + f" (record: `benchmarks/results/accuracy_{task}.json`).",
     ]
@@ -597,6 +607,73 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
     print(markdown)
 
 
+def bundle_defaults(task: str, keys: list[str]) -> dict:
+    """The values of ``keys`` in the bundle's ``configs/train.json`` as it is now (expressions evaluated)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / task / "configs" / "train.json"))
+    parser["bundle_root"] = str(ROOT / "bundles" / task)
+    return {key: parser.get_parsed_content(key) for key in keys}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def promote(task: str, point: str | dict) -> None:
+    """Make a sweep point the task's accuracy record (``accuracy_<task>.json``, the model card and README figures)
+    without training it again, once it IS the bundle's default recipe.
+
+    ``point`` is the grid point as JSON, e.g. ``'{"colour_aug": 0.1, "elastic_prob": 0.5}'``. Refused unless every
+    key of the point and the run's epoch count equal the bundle's current ``configs/train.json`` values (change
+    ``bundles/_shared/tasks.json`` and run ``scripts/sync_bundles.py`` first). The record keeps the sweep row's
+    command, commit and training time and says where it came from.
+    """
+    combo = {k: _literal(v) for k, v in (json.loads(point) if isinstance(point, str) else dict(point)).items()}
+    work = WORK / "sweep" / task / _slug(combo)
+    sweep_file = RESULTS / f"sweep_{task}.json"
+    rows = json.loads(sweep_file.read_text())["rows"] if sweep_file.is_file() else []
+    matches = [r for r in rows if all(_same(r.get(k), v) for k, v in combo.items())]
+    matches = [r for r in matches if all(r.get(k) == DEFAULT for k in r if k not in ROW_FIELDS and k not in combo)]
+    if len(matches) != 1 or not (work / "eval" / "metrics_summary.json").is_file():
+        raise SystemExit(
+            f"no single sweep row and run folder for {combo} ({len(matches)} rows in {sweep_file.name}; folder {work}): "
+            f"run `python scripts/bench_accuracy.py sweep {task} --grid '<the point as lists>'` first."
+        )
+    row = matches[0]
+    defaults = bundle_defaults(task, [*combo, "max_epochs"])
+    differ = {k: (v, defaults[k]) for k, v in combo.items() if not _same(v, defaults[k])}
+    if row["epochs"] != defaults["max_epochs"]:
+        differ["max_epochs"] = (row["epochs"], defaults["max_epochs"])
+    if differ:
+        raise SystemExit(
+            f"{task}: the point is not the bundle's default recipe (point vs default: {differ}); set them in "
+            "bundles/_shared/tasks.json and run scripts/sync_bundles.py, then promote."
+        )
+    record = json.loads((work / "record.json").read_text()) if (work / "record.json").is_file() else None
+    if record is None:  # a run from before run folders kept their record: rebuild it from the folder + sweep row
+        record = {
+            **_work_record(task, work, row["train_min"] * 60),
+            "pretrain": None,
+            "hardware": json.loads(sweep_file.read_text()).get("hardware", _hardware()),
+            "commit": row["commit"],
+            "command": row["command"],
+            "train_seconds_note": "from the sweep row (rounded to 0.1 min)",
+        }
+    record["overrides"] = []  # the point is the default recipe now
+    default_run = WORK / task  # where `evaluate` and `postprocess` look for the default recipe's checkpoint
+    shutil.rmtree(default_run, ignore_errors=True)
+    shutil.copytree(work, default_run)
+    record["plots"] = keep_plots(task, default_run / "eval")
+    record["promoted_from"] = {"sweep_point": combo, "run_folder": os.path.relpath(work, ROOT)}
+    record["promote_command"] = f"python scripts/bench_accuracy.py promote {task} --point '{json.dumps(combo)}'"
+    (RESULTS / f"accuracy_{task}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(table([record]))
+
+
 def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "") -> None:
     """Train + evaluate ``tasks`` (comma list or ``all``) for at most ``minutes`` of training each.
 
@@ -620,6 +697,7 @@ if __name__ == "__main__":
             "postprocess": postprocess,
             "sweep": sweep,
             "ensemble": ensemble,
+            "promote": promote,
             "cards": cards,
         }
     )

@@ -6,9 +6,12 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +138,53 @@ def test_empty_case_separability_counts_the_cases_a_threshold_keeps() -> None:
     # 66 % (3 of 4) right: t just above 0.3 keeps 0.5, 0.8, 0.95
     assert table["66%"]["non_empty_kept"] == 3 and table["66%"]["threshold"] == 0.5
     assert table["median_empty"] == 0.25 and table["median_non_empty"] == 0.65
+
+
+def _fake_sweep_point(results: Path, work: Path, combo: dict, epochs: int) -> None:
+    """A sweep row and its run folder as ``bench_accuracy.py sweep`` leaves them (no training)."""
+    run = work / "sweep" / "ph2_melanoma" / bench._slug(combo)
+    (run / "models").mkdir(parents=True)
+    (run / "eval").mkdir()
+    history = [{"epoch_seconds": 10.0, "val_mean_iou": 0.5 + e / 1000, "val_mean_dice": 0.6} for e in range(epochs)]
+    (run / "models" / "history.json").write_text(json.dumps(history))
+    scores = {"n": 2, "mean": 0.9, "median": 0.9, "worst": 0.85}
+    cls = {"dice_nonempty": scores, "jaccard_nonempty": scores, "pooled_dice": 0.91, "pooled_jaccard": 0.83}
+    cls |= {"empty_truth_cases": 0, "empty_predicted_empty": 0}
+    (run / "eval" / "metrics_summary.json").write_text(json.dumps({"n_images": 2, "classes": {"1": cls}}))
+    row = {
+        **combo,
+        "seed": bench.DEFAULT,
+        "epochs": epochs,
+        "train_min": 20.0,
+        "command": "python sweep",
+        "commit": "c",
+    }
+    row |= bench._row({"classes": {"1": cls}})
+    (results / "sweep_ph2_melanoma.json").write_text(json.dumps({"rows": [row], "hardware": "test cpu"}))
+
+
+def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(tmp_path: Path, monkeypatch) -> None:
+    results, work = tmp_path / "results", tmp_path / "work"
+    results.mkdir()
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench, "WORK", work)
+    default_epochs = bench.bundle_defaults("ph2_melanoma", ["max_epochs"])["max_epochs"]
+
+    _fake_sweep_point(results, work, {"colour_aug": 0.3}, default_epochs)  # not the default (0.0)
+    with pytest.raises(SystemExit, match="tasks.json"):
+        bench.promote("ph2_melanoma", '{"colour_aug": 0.3}')
+    assert not (results / "accuracy_ph2_melanoma.json").exists()
+
+    _fake_sweep_point(results, work, {"fill_holes": True}, default_epochs + 5)  # the default value, other epochs
+    with pytest.raises(SystemExit, match="max_epochs"):
+        bench.promote("ph2_melanoma", '{"fill_holes": true}')
+
+    results.joinpath("sweep_ph2_melanoma.json").unlink()
+    shutil.rmtree(work)
+    _fake_sweep_point(results, work, {"fill_holes": True}, default_epochs)
+    bench.promote("ph2_melanoma", '{"fill_holes": true}')
+    record = json.loads((results / "accuracy_ph2_melanoma.json").read_text())
+    assert record["promoted_from"]["sweep_point"] == {"fill_holes": True} and record["overrides"] == []
+    assert record["epochs"] == default_epochs and record["train_seconds"] == 1200.0 and record["commit"] == "c"
+    assert record["checkpoint_epoch"] == default_epochs and record["summary"]["classes"]["1"]["pooled_dice"] == 0.91
+    assert (work / "ph2_melanoma" / "models" / "history.json").is_file()  # where `evaluate`/`postprocess` look
