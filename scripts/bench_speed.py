@@ -130,7 +130,12 @@ FLOOR_HEADING = "### Compute floor"
 
 
 def floor(
-    task: str = "ph2_melanoma", dataset_dir: str = "", steps: int = 8, out: str = "", update: bool = True
+    task: str = "ph2_melanoma",
+    dataset_dir: str = "",
+    steps: int = 8,
+    out: str = "",
+    update: bool = True,
+    compile: bool = False,  # noqa: A002 (the option's name on the command line)
 ) -> None:
     """The compute floor of a training epoch: the bare training step of the bundle's network, loss and optimizer on
     a synthetic batch already in memory (no data loading, no augmentation, no engine), in fp32 and with AMP.
@@ -139,7 +144,8 @@ def floor(
     so ``baseline epoch / floor epoch`` bounds the speed-up a better pipeline can give. Prints the figures; writes
     them to ``out`` when given and, with ``update``, to the ``compute_floor`` field of
     ``benchmarks/results/speed_<task>_<device>.{json,md}`` when that record exists (with the ceiling ratio against its
-    baseline).
+    baseline). ``--compile True`` also times the step under ``torch.compile`` (inductor), with its compilation
+    time, as ``fp32_compiled`` / ``amp_compiled`` beside the eager figures (the ceiling ratios stay the eager ones).
     """
     import torch
     from monai.bundle import ConfigParser
@@ -159,9 +165,12 @@ def floor(
     batch, channels = parser.get_parsed_content("batch_size"), parser.get_parsed_content("in_channels")
     size = list(parser.get_parsed_content("spatial_size"))
     figures = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": batch, "n_train": n_train}
-    for tag, amp in (("fp32", False), ("amp", True)):
+    variants = [("fp32", False, False), ("amp", True, False)]
+    variants += [("fp32_compiled", False, True), ("amp_compiled", True, True)] if compile else []
+    for tag, amp, compiled in variants:
         torch.manual_seed(0)
         net = parser.get_parsed_content("network_def", lazy=False).to(dev)  # a fresh network per precision
+        model = torch.compile(net) if compiled else net
         loss_function = parser.get_parsed_content("loss_function")
         optimizer = scripts.optim.build_optimizer(
             parser["optimizer"], net.parameters(), parser["learning_rate"], parser["weight_decay"]
@@ -177,7 +186,7 @@ def floor(
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=dtype, enabled=mode is not None):
-                loss = loss_function(net(x), y)
+                loss = loss_function(model(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -185,10 +194,12 @@ def floor(
                 torch.cuda.synchronize()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
+            elif i == 0 and compiled:
+                figures[f"{tag}_first_step_s"] = round(time.perf_counter() - t0, 1)  # compilation included
         img_s = batch / statistics.median(times)
         figures[f"{tag}_images_per_s"] = round(img_s, 2)
         figures[f"{tag}_floor_epoch_s"] = round(n_train / img_s, 3)
-    figures["command"] = f"python scripts/bench_speed.py floor --task {task}"
+    figures["command"] = f"python scripts/bench_speed.py floor --task {task}" + (" --compile True" if compile else "")
     record = RESULTS / f"speed_{task}_{dev.type}.json"
     if update and record.is_file():
         payload = json.loads(record.read_text())
