@@ -14,6 +14,7 @@ Results go to ``benchmarks/results/accuracy_<task>.json`` with the hardware, wal
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -151,9 +152,9 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         task, ["run", "--config_file", "configs/train.json", *override_args(paths), *extra, *override_args(limits)]
     )
     train_seconds = time.perf_counter() - t0
-    evaluate_task(task, work, extra, work / "eval")
+    summary = evaluate_task(task, work, extra, work / "eval")
     record = {
-        **_work_record(task, work, train_seconds),
+        **_work_record(task, work, train_seconds, summary),
         "overrides": extra,
         "pretrain": stage1,
         "plots": keep_plots(task, work / "eval") if work == WORK / task else [],
@@ -169,10 +170,12 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
     return record
 
 
-def _work_record(task: str, work: Path, train_seconds: float) -> dict:
-    """The figures of a trained and evaluated run folder (``models/history.json``, ``eval/metrics_summary.json``)."""
+def _work_record(task: str, work: Path, train_seconds: float, summary: dict | None = None) -> dict:
+    """The figures of a trained and evaluated run folder (``models/history.json``; ``summary`` is its
+    ``eval/metrics_summary.json``, read from the folder when not given)."""
     history = json.loads((work / "models" / "history.json").read_text())
-    summary = json.loads((work / "eval" / "metrics_summary.json").read_text())
+    if summary is None:
+        summary = json.loads((work / "eval" / "metrics_summary.json").read_text())
     epoch_s = sorted(h["epoch_seconds"] for h in history)
     return {
         "task": task,
@@ -340,7 +343,33 @@ def evaluate(tasks: str = "all") -> None:
     print(table(records))
 
 
-DEFAULT = "(default)"
+DEFAULT = "(default)"  # in rows of sweeps from before rows held the resolved value of every key
+PRETRAINED = "(stage-1 checkpoint)"  # init_weights of a two-stage recipe (see PRETRAIN)
+
+
+def _settings(task: str, keys: list[str], overrides: list[str]) -> dict:
+    """The value each of ``keys`` had in a run: the bundle's ``configs/train.json`` value unless the run's
+    ``overrides`` (``["--key", "value", ...]``, as given to the bundle) set it; a pre-trained first stage reads
+    ``PRETRAINED``. A key the bundle does not have reads ``DEFAULT``."""
+    given = dict(zip(overrides[::2], overrides[1::2], strict=False))
+    values = {}
+    for key in keys:
+        if f"--{key}" in given:
+            values[key] = PRETRAINED if key == "init_weights" and task in PRETRAIN else _parse(given[f"--{key}"])
+            continue
+        try:
+            values[key] = bundle_defaults(task, [key])[key]
+        except KeyError:
+            values[key] = DEFAULT
+    return values
+
+
+def _parse(text: str):
+    """An override as the bundle reads it (``repr`` of a Python literal, or a plain string)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _merge_rows(old: list[dict], new: list[dict], keys: list[str]) -> list[dict]:
@@ -377,10 +406,13 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
         f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
     )
     command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
+    path = RESULTS / f"sweep_{task}.json"
+    keys = list(dict.fromkeys([*(json.loads(path.read_text()).get("keys", []) if path.is_file() else []), *combos[0]]))
     for combo in combos:
         record = run_task(task, minutes, max_epochs, _overrides(combo), WORK / "sweep" / task / _slug(combo))
         rows.append(
             {
+                **_settings(task, keys, record["overrides"]),
                 **combo,
                 "epochs": record["epochs"],
                 "train_min": round(record["train_seconds"] / 60, 1),
@@ -406,7 +438,10 @@ def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str
     markdown += _grid_table(rows, keys, ("epochs", "train_min"))
     markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})} ({best['epochs']} epochs)."
     commands = sorted({r["command"] for r in rows if r.get("command")})
-    markdown += " `(default)`: the bundle's value at the time. Commands: " + ", ".join(f"`{c}`" for c in commands)
+    markdown += (
+        " `(default)`: a row from before rows held the value of every key (the bundle's value then). Commands: "
+        + ", ".join(f"`{c}`" for c in commands)
+    )
     payload = {
         "task": task,
         "keys": keys,
@@ -637,7 +672,11 @@ def promote(task: str, point: str | dict) -> None:
     sweep_file = RESULTS / f"sweep_{task}.json"
     rows = json.loads(sweep_file.read_text())["rows"] if sweep_file.is_file() else []
     matches = [r for r in rows if all(_same(r.get(k), v) for k, v in combo.items())]
-    matches = [r for r in matches if all(r.get(k) == DEFAULT for k in r if k not in ROW_FIELDS and k not in combo)]
+    others = sorted({k for r in matches for k in r if k not in ROW_FIELDS and k not in combo})
+    now = _settings(task, others, [])  # the other keys must be the bundle's values now (or unrecorded)
+    matches = [
+        r for r in matches if all(r[k] in (DEFAULT, PRETRAINED) or _same(r[k], now[k]) for k in others if k in r)
+    ]
     if len(matches) != 1 or not (work / "eval" / "metrics_summary.json").is_file():
         raise SystemExit(
             f"no single sweep row and run folder for {combo} ({len(matches)} rows in {sweep_file.name}; folder {work}): "

@@ -140,7 +140,20 @@ def test_empty_case_separability_counts_the_cases_a_threshold_keeps() -> None:
     assert table["median_empty"] == 0.25 and table["median_non_empty"] == 0.65
 
 
-def _fake_sweep_point(results: Path, work: Path, combo: dict, epochs: int) -> None:
+def test_a_sweep_row_holds_the_value_every_key_had_in_its_run() -> None:
+    defaults = bench.bundle_defaults("ph2_melanoma", ["colour_aug", "amp"])
+    got = bench._settings("ph2_melanoma", ["colour_aug", "amp", "seed", "not_a_key"], ["--seed", "1"])
+    assert got == {**defaults, "seed": 1, "not_a_key": bench.DEFAULT}  # overrides parsed as the bundle reads them
+    assert bench._settings("ph2_melanoma", ["spatial_size"], ["--spatial_size", "[384, 384]"]) == {
+        "spatial_size": [384, 384]
+    }
+    # the brain recipe's first stage adds init_weights: the row says so rather than printing a scratch path
+    assert bench._settings("brain_tumor", ["init_weights"], ["--init_weights", "/w/model.pt"]) == {
+        "init_weights": bench.PRETRAINED
+    }
+
+
+def _fake_sweep_point(results: Path, work: Path, combo: dict, epochs: int, seed=bench.DEFAULT) -> None:
     """A sweep row and its run folder as ``bench_accuracy.py sweep`` leaves them (no training)."""
     run = work / "sweep" / "ph2_melanoma" / bench._slug(combo)
     (run / "models").mkdir(parents=True)
@@ -153,7 +166,7 @@ def _fake_sweep_point(results: Path, work: Path, combo: dict, epochs: int) -> No
     (run / "eval" / "metrics_summary.json").write_text(json.dumps({"n_images": 2, "classes": {"1": cls}}))
     row = {
         **combo,
-        "seed": bench.DEFAULT,
+        "seed": seed,
         "epochs": epochs,
         "train_min": 20.0,
         "command": "python sweep",
@@ -181,7 +194,13 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(tmp_path
 
     results.joinpath("sweep_ph2_melanoma.json").unlink()
     shutil.rmtree(work)
-    _fake_sweep_point(results, work, {"fill_holes": True}, default_epochs)
+    _fake_sweep_point(results, work, {"fill_holes": True}, default_epochs, seed=1)  # another key not the default
+    with pytest.raises(SystemExit, match="no single sweep row"):
+        bench.promote("ph2_melanoma", '{"fill_holes": true}')
+
+    results.joinpath("sweep_ph2_melanoma.json").unlink()
+    shutil.rmtree(work)
+    _fake_sweep_point(results, work, {"fill_holes": True}, default_epochs, seed=0)  # resolved, and the default
     bench.promote("ph2_melanoma", '{"fill_holes": true}')
     record = json.loads((results / "accuracy_ph2_melanoma.json").read_text())
     assert record["promoted_from"]["sweep_point"] == {"fill_holes": True} and record["overrides"] == []
