@@ -54,8 +54,10 @@ def _hardware() -> str:
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip()
+    """The checkout's commit, ``-dirty`` when tracked files differ from it (a run's settings are those of its start:
+    take this before training, as the bundle files may change while it runs)."""
+    cmd = ["git", "describe", "--always", "--dirty", "--abbrev=7", "--match", "NO-TAGS"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def check_split(task: str, dataset_dir: Path, fold: int = 0) -> list[str]:
@@ -147,7 +149,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
     ckpt = work / "models"
     paths = {"dataset_dir": str(dataset_dir), "ckpt_dir": str(ckpt), "output_dir": str(work / "eval")}
     limits = {"time_limit_minutes": minutes, **({"max_epochs": max_epochs} if max_epochs else {})}
-    t0 = time.perf_counter()
+    commit, t0 = _commit(), time.perf_counter()
     run_monai_bundle(
         task, ["run", "--config_file", "configs/train.json", *override_args(paths), *extra, *override_args(limits)]
     )
@@ -159,7 +161,7 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         "pretrain": stage1,
         "plots": keep_plots(task, work / "eval") if work == WORK / task else [],
         "hardware": _hardware(),
-        "commit": _commit(),
+        "commit": commit,
         "command": "python scripts/bench_accuracy.py run --tasks "
         + task
         + f" --minutes {minutes}"
