@@ -411,10 +411,16 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     path = RESULTS / f"sweep_{task}.json"
     keys = list(dict.fromkeys([*(json.loads(path.read_text()).get("keys", []) if path.is_file() else []), *combos[0]]))
     for combo in combos:
+        # the settings as the run starts (the bundle files may change while it trains); the brain recipe's
+        # first stage adds init_weights
+        planned = _overrides(combo) + (
+            ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
+        )
+        settings = _settings(task, keys, planned)
         record = run_task(task, minutes, max_epochs, _overrides(combo), WORK / "sweep" / task / _slug(combo))
         rows.append(
             {
-                **_settings(task, keys, record["overrides"]),
+                **settings,
                 **combo,
                 "epochs": record["epochs"],
                 "train_min": round(record["train_seconds"] / 60, 1),
