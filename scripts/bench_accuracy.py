@@ -241,6 +241,11 @@ def _grid(grid: str | dict) -> list[dict]:
     return [dict(zip(spec, values, strict=True)) for values in itertools.product(*spec.values())]
 
 
+def _run_dir(task: str, combo: dict, epochs: int) -> Path:
+    """A sweep point's run folder, one per point and epoch count: ``benchmarks/work/sweep/<task>/<point>_<N>ep``."""
+    return WORK / "sweep" / task / f"{_slug(combo)}_{epochs}ep"
+
+
 def _slug(combo: dict) -> str:
     text = "_".join(f"{k}-{v}" for k, v in combo.items()) or "default"
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)[:120]
@@ -300,7 +305,7 @@ def postprocess(
     evaluation-time options: flip TTA views, largest component, hole filling, minimum component size.
 
     ``run``: another trained run folder, relative to ``benchmarks/work`` (e.g. a sweep point,
-    ``sweep/trus_prostate/spatial_size-_384_384_``; put its recipe keys such as ``spatial_size`` in the grid).
+    ``sweep/trus_prostate/spatial_size-_384_384__20ep``; put its recipe keys such as ``spatial_size`` in the grid).
     Writes ``benchmarks/results/postprocess_<task>.{json,md}`` (``postprocess_<task>_<run folder>`` for another
     run) and prints the table and the best setting.
     """
@@ -399,7 +404,7 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
             --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice"], "learning_rate": [0.001, 0.002]}' \\
             --max_epochs 20
 
-    Each run lives in ``benchmarks/work/sweep/<task>/<point>``. The table (sorted by mean Dice, with training time)
+    Each run lives in ``benchmarks/work/sweep/<task>/<point>_<N>ep`` (one folder per point and epoch count). The table (sorted by mean Dice, with training time)
     and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``; rows of earlier sweeps of the task
     are kept (each with its command and commit), so grids run one after another add up to one comparison.
     """
@@ -417,7 +422,8 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
             ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
         )
         settings = _settings(task, keys, planned)
-        record = run_task(task, minutes, max_epochs, _overrides(combo), WORK / "sweep" / task / _slug(combo))
+        epochs = max_epochs or bundle_defaults(task, ["max_epochs"])["max_epochs"]
+        record = run_task(task, minutes, max_epochs, _overrides(combo), _run_dir(task, combo, epochs))
         rows.append(
             {
                 **settings,
@@ -666,6 +672,17 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _trained_folder(task: str, combo: dict, epochs: int) -> Path | None:
+    """The evaluated run folder of a sweep point trained for ``epochs`` (``<point>_<N>ep``, or the ``<point>``
+    folder of sweeps from before folders named their epochs when its history has that many epochs)."""
+    for work in (_run_dir(task, combo, epochs), WORK / "sweep" / task / _slug(combo)):
+        history = work / "models" / "history.json"
+        if (work / "eval" / "metrics_summary.json").is_file() and history.is_file():
+            if len(json.loads(history.read_text())) == epochs:
+                return work
+    return None
+
+
 def promote(task: str, point: str | dict) -> None:
     """Make a sweep point the task's accuracy record (``accuracy_<task>.json``, the model card and README figures)
     without training it again, once it IS the bundle's default recipe.
@@ -676,7 +693,6 @@ def promote(task: str, point: str | dict) -> None:
     command, commit and training time and says where it came from.
     """
     combo = {k: _literal(v) for k, v in (json.loads(point) if isinstance(point, str) else dict(point)).items()}
-    work = WORK / "sweep" / task / _slug(combo)
     sweep_file = RESULTS / f"sweep_{task}.json"
     rows = json.loads(sweep_file.read_text())["rows"] if sweep_file.is_file() else []
     matches = [r for r in rows if all(_same(r.get(k), v) for k, v in combo.items())]
@@ -685,13 +701,17 @@ def promote(task: str, point: str | dict) -> None:
     matches = [
         r for r in matches if all(r[k] in (DEFAULT, PRETRAINED) or _same(r[k], now[k]) for k in others if k in r)
     ]
-    if len(matches) != 1 or not (work / "eval" / "metrics_summary.json").is_file():
+    defaults = bundle_defaults(task, [*combo, "max_epochs"])
+    if len(matches) > 1:  # the same point at several epoch counts: the one of the default recipe
+        matches = [r for r in matches if r["epochs"] == defaults["max_epochs"]] or matches
+    work = _trained_folder(task, combo, matches[0]["epochs"]) if len(matches) == 1 else None
+    if work is None:
         raise SystemExit(
-            f"no single sweep row and run folder for {combo} ({len(matches)} rows in {sweep_file.name}; folder {work}): "
-            f"run `python scripts/bench_accuracy.py sweep {task} --grid '<the point as lists>'` first."
+            f"no single sweep row with its run folder for {combo} ({len(matches)} rows in {sweep_file.name}; folders "
+            f"under {WORK / 'sweep' / task}): run `python scripts/bench_accuracy.py sweep {task} --grid '<the point "
+            "as lists>'` first."
         )
     row = matches[0]
-    defaults = bundle_defaults(task, [*combo, "max_epochs"])
     differ = {k: (v, defaults[k]) for k, v in combo.items() if not _same(v, defaults[k])}
     if row["epochs"] != defaults["max_epochs"]:
         differ["max_epochs"] = (row["epochs"], defaults["max_epochs"])

@@ -3,7 +3,7 @@
 
 Usage::
 
-    python scripts/bench_empty_cases.py run --task trus_prostate [--run sweep/trus_prostate/<point>]
+    python scripts/bench_empty_cases.py run --task trus_prostate [--run sweep/trus_prostate/<point>_<N>ep]
 
 For each fold-0 case of the prepared set, runs the bundle's network (checkpoint ``<run>/models/model.pt``, the
 bundle's ``evaluate`` pre-processing and recipe keys) and records image-level statistics of the foreground

@@ -153,9 +153,12 @@ def test_a_sweep_row_holds_the_value_every_key_had_in_its_run() -> None:
     }
 
 
-def _fake_sweep_point(results: Path, work: Path, combo: dict, epochs: int, seed=bench.DEFAULT) -> None:
-    """A sweep row and its run folder as ``bench_accuracy.py sweep`` leaves them (no training)."""
-    run = work / "sweep" / "ph2_melanoma" / bench._slug(combo)
+def _fake_sweep_point(
+    results: Path, work: Path, combo: dict, epochs: int, seed=bench.DEFAULT, run: Path | None = None
+) -> None:
+    """A sweep row and its run folder as ``bench_accuracy.py sweep`` leaves them (no training); ``run`` defaults to
+    the folder name of sweeps from before folders named their epochs."""
+    run = run or work / "sweep" / "ph2_melanoma" / bench._slug(combo)
     (run / "models").mkdir(parents=True)
     (run / "eval").mkdir()
     history = [{"epoch_seconds": 10.0, "val_mean_iou": 0.5 + e / 1000, "val_mean_dice": 0.6} for e in range(epochs)]
@@ -207,3 +210,22 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(tmp_path
     assert record["epochs"] == default_epochs and record["train_seconds"] == 1200.0 and record["commit"] == "c"
     assert record["checkpoint_epoch"] == default_epochs and record["summary"]["classes"]["1"]["pooled_dice"] == 0.91
     assert (work / "ph2_melanoma" / "models" / "history.json").is_file()  # where `evaluate`/`postprocess` look
+
+
+def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(tmp_path: Path, monkeypatch) -> None:
+    results, work = tmp_path / "results", tmp_path / "work"
+    results.mkdir()
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench, "WORK", work)
+    default_epochs = bench.bundle_defaults("ph2_melanoma", ["max_epochs"])["max_epochs"]
+    point, rows = {"fill_holes": True}, []
+    for epochs in (default_epochs + 5, default_epochs):
+        folder = bench._run_dir("ph2_melanoma", point, epochs)
+        _fake_sweep_point(results, work, point, epochs, seed=0, run=folder)
+        rows += json.loads((results / "sweep_ph2_melanoma.json").read_text())["rows"]
+    assert bench._run_dir("ph2_melanoma", point, 5) != bench._run_dir("ph2_melanoma", point, 6)
+    (results / "sweep_ph2_melanoma.json").write_text(json.dumps({"rows": rows, "hardware": "test cpu"}))
+    bench.promote("ph2_melanoma", '{"fill_holes": true}')  # two rows of the point: the default recipe's epochs
+    record = json.loads((results / "accuracy_ph2_melanoma.json").read_text())
+    assert record["epochs"] == default_epochs
+    assert record["promoted_from"]["run_folder"].endswith(f"_{default_epochs}ep")
