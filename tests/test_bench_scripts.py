@@ -179,12 +179,18 @@ def _fake_sweep_point(
     (results / "sweep_ph2_melanoma.json").write_text(json.dumps({"rows": [row], "hardware": "test cpu"}))
 
 
-def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def sweep_dirs(tmp_path: Path, monkeypatch) -> tuple[Path, Path, int]:
+    """Empty results and work folders in place of the repository's, and the PH2 bundle's default epoch count."""
     results, work = tmp_path / "results", tmp_path / "work"
     results.mkdir()
     monkeypatch.setattr(bench, "RESULTS", results)
     monkeypatch.setattr(bench, "WORK", work)
-    default_epochs = bench.bundle_defaults("ph2_melanoma", ["max_epochs"])["max_epochs"]
+    return results, work, bench.bundle_defaults("ph2_melanoma", ["max_epochs"])["max_epochs"]
+
+
+def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(sweep_dirs) -> None:
+    results, work, default_epochs = sweep_dirs
 
     _fake_sweep_point(results, work, {"colour_aug": 0.3}, default_epochs)  # not the default (0.0)
     with pytest.raises(SystemExit, match="tasks.json"):
@@ -212,12 +218,8 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(tmp_path
     assert (work / "ph2_melanoma" / "models" / "history.json").is_file()  # where `evaluate`/`postprocess` look
 
 
-def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(tmp_path: Path, monkeypatch) -> None:
-    results, work = tmp_path / "results", tmp_path / "work"
-    results.mkdir()
-    monkeypatch.setattr(bench, "RESULTS", results)
-    monkeypatch.setattr(bench, "WORK", work)
-    default_epochs = bench.bundle_defaults("ph2_melanoma", ["max_epochs"])["max_epochs"]
+def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs) -> None:
+    results, work, default_epochs = sweep_dirs
     point, rows = {"fill_holes": True}, []
     for epochs in (default_epochs + 5, default_epochs):
         folder = bench._run_dir("ph2_melanoma", point, epochs)
