@@ -6,7 +6,7 @@
 #
 #   bash scripts/reproduce.sh                 # everything (about 2 h on 2 free CPU cores)
 #   bash scripts/reproduce.sh accuracy        # one stage: convert | accuracy | postprocess | speed | cards | levers
-#   (levers, the sweeps behind the defaults, is not part of "all": about 12 h more on 2 cores)
+#   (levers, the sweeps behind the defaults, is not part of "all": about 14 h more on 2 cores)
 #
 # Run it on an otherwise idle machine: the timings are only comparable within one run.
 set -euo pipefail
@@ -49,18 +49,21 @@ levers() {
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice_bce"], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "seed": [0, 1, 2]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "colour_aug": [0.1]}' --max_epochs 120
-    # GlaS / IPMN (default: 384^2, 100 epochs, bf16, colour 0.1, elastic 0.5): resolution and seeds of the
-    # 50-epoch fp32 recipe; the augmentations at 50 epochs; 100 epochs without them; the default's second seed
+    # GlaS / IPMN (default: 384^2, 150 epochs, bf16, colour 0.1, elastic 0.5): resolution and seeds of the
+    # 50-epoch fp32 recipe; the augmentations at 50 epochs; 100 epochs without them; 100 and 150 epochs, seeds
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"spatial_size": [[256, 256], [384, 384], [512, 512]], "amp": [false], "colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 50
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"amp": [false], "colour_aug": [0.0], "elastic_prob": [0.0], "seed": [1, 2]}' --max_epochs 50
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"amp": [false], "colour_aug": [0.1], "elastic_prob": [0.0, 0.5]}' --max_epochs 50
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 100
-    $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [1]}' --max_epochs 100
-    # brain: without the stage-1 pre-training, with the augmentations
+    $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1]}' --max_epochs 100
+    $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1, 2]}' --max_epochs 150
+    # brain: without the stage-1 pre-training, with the augmentations; twice the schedule in bf16
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"init_weights": [null], "colour_aug": [0.1], "elastic_prob": [0.5], "amp": [true]}' --max_epochs 60
-    # C-TRUS (default 256^2, 20 epochs, fp32): resolution; seeds
-    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]]}' --max_epochs 20
-    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2]}' --max_epochs 20
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"amp": [true]}' --max_epochs 120
+    # C-TRUS (default 256^2, 60 epochs, bf16): resolution and seeds of the 20-epoch fp32 recipe; bf16 for 40 epochs
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]], "amp": [false]}' --max_epochs 20
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2], "amp": [false]}' --max_epochs 20
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"amp": [true]}' --max_epochs 40
 }
 
 speed() {
