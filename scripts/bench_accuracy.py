@@ -359,16 +359,11 @@ def _settings(task: str, keys: list[str], overrides: list[str]) -> dict:
     ``overrides`` (``["--key", "value", ...]``, as given to the bundle) set it; a pre-trained first stage reads
     ``PRETRAINED``. A key the bundle does not have reads ``DEFAULT``."""
     given = dict(zip(overrides[::2], overrides[1::2], strict=False))
-    values = {}
+    values = bundle_defaults(task, [k for k in keys if f"--{k}" not in given], missing=DEFAULT)
     for key in keys:
         if f"--{key}" in given:
             values[key] = PRETRAINED if key == "init_weights" and task in PRETRAIN else _parse(given[f"--{key}"])
-            continue
-        try:
-            values[key] = bundle_defaults(task, [key])[key]
-        except KeyError:
-            values[key] = DEFAULT
-    return values
+    return {key: values[key] for key in keys}
 
 
 def _parse(text: str):
@@ -404,8 +399,8 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
             --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice"], "learning_rate": [0.001, 0.002]}' \\
             --max_epochs 20
 
-    Each run lives in ``benchmarks/work/sweep/<task>/<point>_<N>ep`` (one folder per point and epoch count). The table (sorted by mean Dice, with training time)
-    and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``; rows of earlier sweeps of the task
+    Each run lives in ``benchmarks/work/sweep/<task>/<point>_<N>ep`` (one folder per point and epoch count). The
+    table (sorted by mean Dice, with training time) and the winning recipe go to ``benchmarks/results/sweep_<task>.{json,md}``; rows of earlier sweeps of the task
     are kept (each with its command and commit), so grids run one after another add up to one comparison.
     """
     combos, rows = _grid(grid), []
@@ -656,13 +651,16 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
     print(markdown)
 
 
-def bundle_defaults(task: str, keys: list[str]) -> dict:
-    """The values of ``keys`` in the bundle's ``configs/train.json`` as it is now (expressions evaluated)."""
+def bundle_defaults(task: str, keys: list[str], missing=None) -> dict:
+    """The values of ``keys`` in the bundle's ``configs/train.json`` as it is now (expressions evaluated); a key
+    the config does not have raises ``KeyError``, or reads ``missing`` when that is given."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / task / "configs" / "train.json"))
     parser["bundle_root"] = str(ROOT / "bundles" / task)
+    if missing is not None:
+        return {key: parser.get_parsed_content(key) if key in parser else missing for key in keys}
     return {key: parser.get_parsed_content(key) for key in keys}
 
 
