@@ -410,17 +410,15 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
         f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
     )
     command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
-    path = RESULTS / f"sweep_{task}.json"
-    keys = list(dict.fromkeys([*(json.loads(path.read_text()).get("keys", []) if path.is_file() else []), *combos[0]]))
+    keys = _sweep_keys(_read_sweep(task), list(combos[0]))
+    epochs = max_epochs or bundle_defaults(task, ["max_epochs"])["max_epochs"]
     for combo in combos:
         # the settings as the run starts (the bundle files may change while it trains); the brain recipe's
         # first stage adds init_weights
-        planned = _overrides(combo) + (
-            ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
-        )
-        settings = _settings(task, keys, planned)
-        epochs = max_epochs or bundle_defaults(task, ["max_epochs"])["max_epochs"]
-        record = run_task(task, minutes, max_epochs, _overrides(combo), _run_dir(task, combo, epochs))
+        overrides = _overrides(combo)
+        stage1 = ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
+        settings = _settings(task, keys, overrides + stage1)
+        record = run_task(task, minutes, max_epochs, overrides, _run_dir(task, combo, epochs))
         rows.append(
             {
                 **settings,
@@ -435,13 +433,23 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     record_sweep(task, rows, list(combos[0]), command)
 
 
+def _read_sweep(task: str) -> dict:
+    """``benchmarks/results/sweep_<task>.json`` as recorded so far ({} before the first sweep)."""
+    path = RESULTS / f"sweep_{task}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _sweep_keys(earlier: dict, grid_keys: list[str]) -> list[str]:
+    """The setting columns of a task's sweep table: those of the earlier sweeps, then this grid's new ones."""
+    known = earlier.get("keys") or [k for k in (earlier.get("rows") or [{}])[0] if k not in ROW_FIELDS]
+    return list(dict.fromkeys([*known, *grid_keys]))
+
+
 def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str) -> None:
     """Add a sweep's rows to ``benchmarks/results/sweep_<task>.{json,md}`` (see :func:`_merge_rows`), choose the
     winner over all rows, print the table."""
-    path = RESULTS / f"sweep_{task}.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else {}
-    known = earlier.get("keys") or [k for k in (earlier.get("rows") or [{}])[0] if k not in ROW_FIELDS]
-    keys = list(dict.fromkeys([*known, *grid_keys]))
+    earlier = _read_sweep(task)
+    keys = _sweep_keys(earlier, grid_keys)
     old = [{"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])]
     rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
     best = _best(rows)
@@ -694,7 +702,8 @@ def promote(task: str, point: str | dict) -> None:
     """
     combo = {k: _literal(v) for k, v in (json.loads(point) if isinstance(point, str) else dict(point)).items()}
     sweep_file = RESULTS / f"sweep_{task}.json"
-    rows = json.loads(sweep_file.read_text())["rows"] if sweep_file.is_file() else []
+    recorded = _read_sweep(task)
+    rows = recorded.get("rows", [])
     matches = [r for r in rows if all(_same(r.get(k), v) for k, v in combo.items())]
     others = sorted({k for r in matches for k in r if k not in ROW_FIELDS and k not in combo})
     now = _settings(task, others, [])  # the other keys must be the bundle's values now (or unrecorded)
@@ -725,7 +734,7 @@ def promote(task: str, point: str | dict) -> None:
         record = {
             **_work_record(task, work, row["train_min"] * 60),
             "pretrain": None,
-            "hardware": json.loads(sweep_file.read_text()).get("hardware", _hardware()),
+            "hardware": recorded.get("hardware", _hardware()),
             "commit": row["commit"],
             "command": row["command"],
             "train_seconds_note": "from the sweep row (rounded to 0.1 min)",
