@@ -8,7 +8,8 @@ Usage::
 For each fold-0 case of the prepared set, runs the bundle's network (checkpoint ``<run>/models/model.pt``, the
 bundle's ``evaluate`` pre-processing and recipe keys) and records image-level statistics of the foreground
 probability: the predicted area fraction, the summed probability, the maximum, the 99th percentile and the mean
-probability inside the predicted mask. For each statistic it finds, over every threshold ("empty if the statistic is
+probability inside the predicted mask; for a network trained with ``presence_head``, the statistics are those of its
+segmentation network before the gate, plus the head's own ``presence_probability``. For each statistic it finds, over every threshold ("empty if the statistic is
 below t"), how many cases with a structure stay non-empty while a given share of the empty cases is predicted
 empty. If no statistic keeps most non-empty cases at the goal's share (C-TRUS: 90 %), post-processing cannot reach
 the goal and the model itself has to separate the cases (an image-level head, more data or resolution).
@@ -27,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STATISTICS = ("pred_fraction", "sum_probability", "max_probability", "p99_probability", "mean_probability_in_mask")
+PRESENCE = "presence_probability"  # only for a network with a presence head
 SHARES = (0.9, 0.8, 0.66)
 
 
@@ -48,15 +50,19 @@ def case_statistics(task: str, run: Path, dataset_dir: Path, overrides: dict | N
     state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state))
     net.eval()
+    head = getattr(net, "head", None) if hasattr(net, "threshold") else None  # a PresenceGatedNet
+    segment = net.net if head is not None else net
     dataset = parser.get_parsed_content("validate#dataset")
     rows = []
     with torch.no_grad():
         for i in range(len(dataset)):
             item = dataset[i]
-            prob = torch.softmax(net(item["image"][None]).float(), 1)[0, 1].numpy()
+            prob = torch.softmax(segment(item["image"][None]).float(), 1)[0, 1].numpy()
             mask = prob > 0.5
+            presence = {} if head is None else {PRESENCE: float(torch.sigmoid(head(item["image"][None]).float()))}
             rows.append(
                 {
+                    **presence,
                     "case": Path(str(item["image"].meta["filename_or_obj"])).stem,
                     "truth_fraction": float((item["label"].numpy() > 0).mean()),
                     "pred_fraction": float(mask.mean()),
@@ -75,7 +81,7 @@ def separability(rows: list[dict]) -> dict[str, dict]:
     empty = [r for r in rows if r["truth_fraction"] == 0]
     other = [r for r in rows if r["truth_fraction"] > 0]
     out = {}
-    for stat in STATISTICS:
+    for stat in [s for s in (*STATISTICS, PRESENCE) if s in rows[0]]:
         e, n = np.array([r[stat] for r in empty]), np.array([r[stat] for r in other])
         thresholds = np.unique(np.concatenate([e, n, [np.inf]]))
         best = {}
@@ -83,7 +89,8 @@ def separability(rows: list[dict]) -> dict[str, dict]:
             ok = [(int((n >= t).sum()), float(t)) for t in thresholds if (e < t).sum() >= share * len(e)]
             kept, t = max(ok) if ok else (0, float("nan"))
             best[f"{share:.0%}"] = {"non_empty_kept": kept, "threshold": t}
-        out[stat] = {"median_empty": float(np.median(e)), "median_non_empty": float(np.median(n)), **best}
+        medians = {name: float(np.median(v)) if len(v) else float("nan") for name, v in (("empty", e), ("non_empty", n))}
+        out[stat] = {"median_empty": medians["empty"], "median_non_empty": medians["non_empty"], **best}
     return out
 
 

@@ -140,6 +140,29 @@ def test_empty_case_separability_counts_the_cases_a_threshold_keeps() -> None:
     assert table["median_empty"] == 0.25 and table["median_non_empty"] == 0.65
 
 
+def test_empty_case_statistics_of_a_presence_network_add_its_head(tmp_path: Path) -> None:
+    """With ``presence_head`` the table scores the head's probability, and the others come from the ungated network."""
+    import torch
+    from lesiondata.synthetic import make_demo_dataset
+
+    empty = _load("bench_empty_cases")
+    data = make_demo_dataset("trus_prostate", tmp_path / "data", n=8, seed=3)
+    keys = {"presence_head": True, "spatial_size": [64, 64]}
+    sys.path.insert(0, str(ROOT / "bundles" / "trus_prostate"))
+    from scripts.networks import build_network
+
+    net = build_network("unet", 1, 2, dropout=0.1, presence_head=True)
+    torch.nn.init.zeros_(net.head.fc.weight)
+    torch.nn.init.constant_(net.head.fc.bias, -20.0)  # the head calls every image empty
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), tmp_path / "run" / "models" / "model.pt")
+    rows = empty.case_statistics("trus_prostate", tmp_path / "run", data, keys)
+    assert rows and all(r[empty.PRESENCE] < 1e-6 for r in rows)
+    # the gated output would have no foreground at all; the statistics see the segmentation network's own output
+    assert any(r["max_probability"] > 1e-3 for r in rows)
+    assert empty.PRESENCE in empty.separability(rows)
+
+
 def test_a_sweep_row_holds_the_value_every_key_had_in_its_run() -> None:
     defaults = bench.bundle_defaults("ph2_melanoma", ["colour_aug", "amp"])
     got = bench._settings("ph2_melanoma", ["colour_aug", "amp", "seed", "not_a_key"], ["--seed", "1"])

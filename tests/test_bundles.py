@@ -342,3 +342,31 @@ def test_inference_in_bf16_writes_nifti_masks_at_the_original_size(demo_data, tm
     width, height = Image.open(image).size
     mask = nib.load(str(tmp_path / "o" / f"{image.stem}_seg.nii.gz")).get_fdata()
     assert mask.shape[:2] == (width, height) and set(np.unique(mask)) <= {0.0, 1.0}
+
+
+def test_presence_head_trains_evaluates_and_gates_inference(demo_data, tmp_path: Path) -> None:
+    """``presence_head``: trained through the bundle's own loss and metrics, its verdict reaches the written masks."""
+    from bundle_utils import run_workflow, train
+
+    data = demo_data["trus_prostate"]
+    ckpt = train("trus_prostate", data, tmp_path / "models", epochs=2, presence_head=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert any(k.startswith("head.") for k in state) and any(k.startswith("net.") for k in state)
+    history = json.loads((tmp_path / "models" / "history.json").read_text())
+    assert all(np.isfinite(h["loss"]) for h in history)
+    common = {"ckpt_dir": str(tmp_path / "models"), "dataset_dir": str(data), "presence_head": True}
+    assert not run_workflow(
+        "trus_prostate", ["train.json", "evaluate.json"], "eval", output_dir=str(tmp_path / "eval"), **SMALL, **common
+    )
+    assert json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
+    images = sorted((data / "imagesTr").iterdir())[:4]
+    for threshold, out in ((0.0, tmp_path / "kept"), (1.0, tmp_path / "emptied")):  # every image present / absent
+        run_workflow(
+            "trus_prostate", ["inference.json"], "infer", input_dir=str(data / "imagesTr"), output_dir=str(out),
+            spatial_size=SMALL["spatial_size"], presence_threshold=threshold, **common,
+        )  # fmt: skip
+    for image in images:
+        assert not np.asarray(Image.open(tmp_path / "emptied" / f"{image.stem}_seg.png")).any()
+    assert any(np.asarray(Image.open(tmp_path / "kept" / f"{image.stem}_seg.png")).any() for image in images), (
+        "with every image called present some mask must be non-empty, or the gate test is vacuous"
+    )

@@ -24,12 +24,14 @@ if str(SHARED_DIR) not in sys.path:
 from scripts.networks import (  # noqa: E402
     NETWORKS,
     MaxUnpool,
+    PresenceGatedNet,
     ResNeXtEncoder,
     ZeroPadShortcut,
     build_encoder,
     build_network,
     enable_mc_dropout,
     fix_monai_encoders,
+    load_weights,
 )
 
 NAMES = [
@@ -329,3 +331,97 @@ def test_efficientnet_head_is_pruned():
     assert not hasattr(net.encoder, "_fc") and not hasattr(net.encoder, "_conv_head")
     net(torch.randn(2, 1, H, W)).mean().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# presence head
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _gated(bias: float | None = None) -> nn.Module:
+    net = build_network("unet", 1, 2, dropout=0.0, presence_head=True, **SMALL["unet"])
+    net = _calibrate(net, torch.randn(2, 1, H, W))
+    if bias is not None:  # force the head's verdict: a huge bias drowns the image's contribution
+        nn.init.zeros_(net.head.fc.weight)
+        nn.init.constant_(net.head.fc.bias, bias)
+    return net
+
+
+def test_presence_head_outputs_in_train_and_eval_mode():
+    net = _gated()
+    assert isinstance(net, PresenceGatedNet)
+    x = torch.randn(2, 1, H, W)
+    with train_mode(net):
+        out = net(x)
+    assert out.shape == (2, 3, H, W)  # two classes + the presence logit
+    assert torch.equal(out[:, 2], out[:, 2, :1, :1].expand(2, H, W)), "presence logit: one value per image"
+    with eval_mode(net), torch.no_grad():
+        assert net(x).shape == (2, 2, H, W)
+
+
+def test_presence_head_empties_the_mask_only_where_it_says_absent():
+    x = torch.randn(2, 1, H, W)
+    present, absent = _gated(bias=20.0), _gated(bias=-20.0)
+    absent.load_state_dict(present.state_dict() | {k: v for k, v in absent.state_dict().items() if k.startswith("head")})
+    with torch.no_grad():
+        plain = present.net(x)
+        assert torch.equal(present(x), plain), "a present verdict must leave the logits untouched"
+        gated = absent(x)
+    assert (plain.argmax(1) == 1).any(), "the comparison needs some foreground to remove"
+    assert (gated.argmax(1) == 0).all()
+    assert torch.equal(gated[:, 0], plain[:, 0])
+    assert torch.softmax(gated, 1)[:, 1].max() < 1e-4
+
+
+def test_presence_threshold_and_channels_are_checked():
+    with pytest.raises(ValueError, match="presence_threshold"):
+        build_network("unet", 1, 2, presence_head=True, presence_threshold=1.5)
+    with pytest.raises(ValueError, match="background channel"):
+        build_network("unet", 1, 1, presence_head=True)
+
+
+def test_presence_head_exports():
+    """TorchScript (``ckpt_export``) and the traced ONNX export keep the gate, for either verdict."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    for bias in (20.0, -20.0):
+        net = _gated(bias)
+        x = torch.randn(1, 1, H, W)
+        with torch.no_grad():
+            expected = net(x)
+            torch.testing.assert_close(torch.jit.script(net)(x), expected)
+        buffer = io.BytesIO()
+        torch.onnx.export(net, (x,), buffer, dynamo=False, opset_version=17, input_names=["image"])
+        session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_presence_loss_adds_the_image_level_bce():
+    from scripts.losses import PresenceLoss, build_loss, with_presence
+    from scripts.transforms import DropPresenced
+
+    seg = build_loss("dice_bce")
+    assert with_presence(seg, False) is seg
+    loss = with_presence(seg, True, weight=0.5)
+    assert isinstance(loss, PresenceLoss)
+    logits = torch.randn(2, 3, 8, 8)
+    logits[:, 2] = torch.tensor([2.0, -1.0]).view(2, 1, 1)
+    label = torch.zeros(2, 1, 8, 8)
+    label[0, 0, 2:4, 2:4] = 1  # image 0 has foreground, image 1 is empty
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(loss(logits, label), seg(logits[:, :2], label) + 0.5 * bce)
+    drop = DropPresenced("pred", num_classes=2)
+    assert drop({"pred": logits[0]})["pred"].shape == (2, 8, 8)
+    assert torch.equal(drop({"pred": logits[0, :2]})["pred"], logits[0, :2])
+
+
+def test_plain_checkpoint_loads_into_a_presence_network_and_back(tmp_path):
+    plain = build_network("unet", 1, 2, **SMALL["unet"])
+    torch.save({"model": plain.state_dict()}, tmp_path / "plain.pt")
+    gated = build_network("unet", 1, 2, presence_head=True, **SMALL["unet"])
+    fresh = load_weights(gated, str(tmp_path / "plain.pt"))
+    assert fresh and all(k.startswith("head.") for k in fresh)
+    assert all(torch.equal(v, gated.net.state_dict()[k]) for k, v in plain.state_dict().items())
+    torch.save(gated.state_dict(), tmp_path / "gated.pt")
+    again = build_network("unet", 1, 2, **SMALL["unet"])
+    assert load_weights(again, str(tmp_path / "gated.pt")) == []

@@ -122,6 +122,8 @@ def load_members(
 ) -> list[nn.Module]:
     """Build each member with ``scripts.networks.build_network`` and load its checkpoint (strictly).
 
+    A checkpoint of a network trained with ``presence_head`` (keys ``net.*`` and ``head.*``) is built with the head.
+
     Args:
         members: output of :func:`find_members`.
         in_channels: the bundle's ``in_channels``.
@@ -134,10 +136,11 @@ def load_members(
     """
     nets = []
     for member in members:
-        net = build_network(member["network"], in_channels, num_classes, dropout=dropout)
         state = torch.load(member["checkpoint"], map_location="cpu", weights_only=True)
         if isinstance(state.get("model"), Mapping):  # a CheckpointSaver file: {"model": ..., "optimizer": ...}
             state = state["model"]
+        presence = any(k.startswith("head.") for k in state) and any(k.startswith("net.") for k in state)
+        net = build_network(member["network"], in_channels, num_classes, dropout=dropout, presence_head=presence)
         try:
             net.load_state_dict(state)
         except RuntimeError as err:

@@ -87,6 +87,34 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+class PresenceLoss(nn.Module):
+    """Segmentation loss plus ``weight`` x BCE of an image-level "any foreground" logit.
+
+    Takes the train-mode output of :class:`scripts.networks.PresenceGatedNet`: ``(B, C + 1, *spatial)``, the C
+    segmentation logits then the presence logit as a constant channel. The target of the presence logit is whether
+    the label has any foreground pixel.
+
+    Args:
+        loss: the segmentation loss (on the first C channels).
+        weight: weight of the presence BCE.
+    """
+
+    def __init__(self, loss: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss = loss
+        self.weight = float(weight)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        presence = logits[:, -1].flatten(1)[:, 0].float()
+        target = (label.flatten(1) > 0).any(dim=1).to(presence.dtype)
+        return self.loss(logits[:, :-1], label) + self.weight * F.binary_cross_entropy_with_logits(presence, target)
+
+
+def with_presence(loss: nn.Module, presence_head: bool, weight: float = 1.0) -> nn.Module:
+    """``loss`` wrapped in :class:`PresenceLoss` when the network has a presence head (``presence_head``), else as is."""
+    return PresenceLoss(loss, weight) if presence_head else loss
+
+
 def build_loss(name: str, **kwargs) -> nn.Module:
     """Build a loss by name (see ``LOSSES``); extra keyword arguments tune it (``label_smoothing``, ``gamma``, ...)."""
     key = name.lower()

@@ -28,6 +28,9 @@ Encoders (``backbone``) come from MONAI's FlexibleUNet registry ``FLEXUNET_BACKB
 ``efficientnet-b0..l2``); importing this module adds ``resnext50_32x4d`` to it. Weights are never downloaded:
 ``pretrained=True`` is refused; load a local checkpoint instead (e.g. ``monai.handlers.CheckpointLoader``).
 
+``presence_head=True`` wraps any entry in a :class:`PresenceGatedNet`: a small image-level classifier decides
+whether the image shows the structure at all and, in eval mode, empties the mask where it says no.
+
 Dropout (``dropout``, a probability) is what MONAI Label's epistemic scoring samples with MC dropout: it is active
 in ``train()`` mode, and :func:`enable_mc_dropout` switches on only the dropout layers of an evaluated model.
 Where each network applies it is written in its docstring (MONAI ``UNet``/``AttentionUnet``/``BasicUNet``: after
@@ -58,6 +61,8 @@ __all__ = [
     "DeepLabV3Plus",
     "MaxUnpool",
     "MeanEnsembleNet",
+    "PresenceClassifier",
+    "PresenceGatedNet",
     "ResNeXtEncoder",
     "ResUNet",
     "SegNet",
@@ -693,6 +698,85 @@ class MeanEnsembleNet(nn.Module):
         return torch.log(torch.stack(probs).mean(0).clamp_min(1e-30))  # float32 logits; no log(0)
 
 
+class PresenceClassifier(nn.Module):
+    """Image-level "is any foreground present" classifier: a small strided CNN, mean+max pooling, one logit.
+
+    Five stages of (3x3 stride-2 conv, 3x3 conv), each conv -> batch norm -> ReLU, with ``channels`` widths: at 256x256
+    about 0.1 GMAC, a few per cent of the ``unet`` entry. Its own weights, not the segmentation network's features:
+    what says "this image shows no structure" in C-TRUS is the image as a whole (most low-quality scans have an empty
+    mask), not the texture at a pixel, which the segmentation features are trained to see.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        channels: widths of the stages (each halves the resolution).
+        dropout: dropout probability on the pooled features (sampled in train mode and by MC dropout).
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, channels: Sequence[int] = (16, 32, 64, 128, 128), dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for out in channels:
+            layers.append(Convolution(spatial_dims, width, out, strides=2, kernel_size=3, norm="batch", act="relu"))
+            layers.append(Convolution(spatial_dims, out, out, kernel_size=3, norm="batch", act="relu"))
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Presence logits ``(B, 1)``."""
+        f = self.features(x).flatten(2)
+        return self.fc(self.dropout(torch.cat([f.mean(2), f.amax(2)], dim=1)))
+
+
+class PresenceGatedNet(nn.Module):
+    """A segmentation network plus an image-level presence head that empties the masks of images it calls empty.
+
+    For data where many images contain no structure (a third of the C-TRUS masks are empty): a per-pixel network
+    keeps finding structure-like texture in them, and no threshold on its own output separates them (measured in
+    ``benchmarks/results/empty_cases_trus_prostate.md``). The head (:class:`PresenceClassifier`) is trained with the
+    segmentation (``presence_head`` / ``presence_weight`` in ``train.json``) by :class:`scripts.losses.PresenceLoss`.
+
+    * train mode: ``(B, C + 1, *spatial)``: the C segmentation logits and, as one more channel, the presence logit
+      (constant over the image). :class:`scripts.losses.PresenceLoss` splits them and
+      :class:`scripts.transforms.DropPresenced` drops the extra channel before the training metrics.
+    * eval mode: ``(B, C, *spatial)`` logits; where the presence probability is below ``threshold`` every
+      foreground logit is lowered to 10 below the background logit, so the mask is empty and the foreground
+      probability under 5e-5. Every inference path (evaluate, inference, ONNX, TorchScript, the label app) sees a
+      plain segmentation network.
+
+    Checkpoint keys are the segmentation network's prefixed ``net.`` plus the head's ``head.``.
+
+    Args:
+        net: the segmentation network (``C >= 2`` output channels, channel 0 the background).
+        head: the presence classifier.
+        threshold: presence probability under which the mask is emptied (eval mode).
+    """
+
+    def __init__(self, net: nn.Module, head: nn.Module, threshold: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"presence_threshold must be a probability in [0, 1], got {threshold}.")
+        self.net = net
+        self.head = head
+        self.threshold = float(threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        presence = self.head(x).to(logits.dtype)  # (B, 1)
+        view = [presence.shape[0], 1] + [1] * (logits.dim() - 2)
+        if self.training:
+            return torch.cat([logits, presence.view(view).expand_as(logits[:, :1])], dim=1)
+        absent = (torch.sigmoid(presence.float()) < self.threshold).view(view)
+        background = logits[:, :1]
+        foreground = torch.where(absent, torch.minimum(logits[:, 1:], background - 10.0), logits[:, 1:])
+        return torch.cat([background, foreground], dim=1)
+
+
 def build_network(
     name: str,
     in_channels: int,
@@ -700,6 +784,8 @@ def build_network(
     spatial_dims: int = 2,
     dropout: float = 0.0,
     ensemble_size: int = 1,
+    presence_head: bool = False,
+    presence_threshold: float = 0.5,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered segmentation network.
@@ -712,13 +798,17 @@ def build_network(
         dropout: dropout probability, active in train mode and under :func:`enable_mc_dropout`.
         ensemble_size: above 1, a :class:`MeanEnsembleNet` of that many copies of the network (the shape of a
             merged fold or seed ensemble's checkpoint).
+        presence_head: wrap each network in a :class:`PresenceGatedNet` (an image-level "structure present" head
+            that empties the masks of images it calls empty; for sets with many empty images).
+        presence_threshold: the head's probability under which a mask is emptied.
         kwargs: overrides of the entry's parameters (``channels``, ``features``, ``backbone``, ...).
 
     Returns:
         The network; its forward maps ``(B, in_channels, H, W)`` to logits ``(B, out_channels, H, W)``.
 
     Raises:
-        ValueError: unknown ``name``, ``ensemble_size < 1``, or ``pretrained=True`` (weights are never downloaded).
+        ValueError: unknown ``name``, ``ensemble_size < 1``, ``pretrained=True`` (weights are never downloaded), or
+            ``presence_head`` with fewer than 2 output channels.
     """
     if name not in NETWORKS:
         raise ValueError(f"Unknown network {name!r}; valid names: {', '.join(NETWORKS)}.")
@@ -727,10 +817,17 @@ def build_network(
     if int(ensemble_size) < 1:
         raise ValueError(f"ensemble_size must be 1 (one network) or more (a merged ensemble); got {ensemble_size}.")
 
+    if presence_head and int(out_channels) < 2:
+        raise ValueError(f"presence_head needs a background channel: out_channels (num_classes) is {out_channels}.")
+
     def one() -> nn.Module:
-        return NETWORKS[name](
+        net = NETWORKS[name](
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout=dropout, **kwargs
         )
+        if not presence_head:
+            return net
+        head = PresenceClassifier(spatial_dims, in_channels, dropout=dropout)
+        return PresenceGatedNet(net, head, presence_threshold)
 
     return one() if int(ensemble_size) == 1 else MeanEnsembleNet([one() for _ in range(int(ensemble_size))])
 
@@ -760,7 +857,8 @@ def load_weights(model: nn.Module, path: str | None, device: str | torch.device 
     Accepts what the bundles save (``{"model": state_dict}`` from MONAI's ``CheckpointSaver``) or a bare
     ``state_dict``. Tensors whose name and shape match are copied; the others (e.g. a head trained for a different
     number of classes or input channels) keep their fresh initialisation and are listed in the log and the return
-    value. Nothing is downloaded.
+    value. A plain network's checkpoint loads into the same network with a presence head (its ``net.`` keys) and
+    the other way round. Nothing is downloaded.
 
     Args:
         model: the bundle's network (modified in place).
@@ -781,7 +879,12 @@ def load_weights(model: nn.Module, path: str | None, device: str | torch.device 
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     own = model.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    loaded = {}
+    for key, value in state.items():
+        # a plain network's checkpoint into a PresenceGatedNet (keys "net.*") and back
+        name = next((k for k in (key, f"net.{key}", key.removeprefix("net.")) if k in own), None)
+        if name is not None and own[name].shape == value.shape:
+            loaded[name] = value
     if not loaded:
         raise ValueError(
             f"init_weights={path!r} has no tensor matching this network ({type(model).__name__}): "

@@ -1,5 +1,6 @@
 """Transforms the bundles need that MONAI does not have: channel-count harmonisation, the diffusion filter, mask
-clean-up, a fast channel argmax and an elastic deformation that costs nothing when it does not fire."""
+clean-up, a fast channel argmax, the presence-channel drop of a presence-gated network and an elastic deformation that
+costs nothing when it does not fire."""
 
 from __future__ import annotations
 
@@ -218,6 +219,26 @@ class ArgmaxChanneld(MapTransform):
             img = d[key]
             labels = argmax_channels(torch.as_tensor(img))
             d[key] = img[:1].clone().copy_(labels) if hasattr(img, "meta") else labels
+        return d
+
+
+class DropPresenced(MapTransform):
+    """Dictionary transform: drop the presence channel of a :class:`scripts.networks.PresenceGatedNet`'s train-mode
+    output (``num_classes + 1`` channels) so the training metrics see the ``num_classes`` segmentation channels.
+
+    Outputs with ``num_classes`` channels (eval mode, or networks without the head) pass through unchanged, so the
+    same post-processing serves training and validation.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].shape[0] == self.num_classes + 1:
+                d[key] = d[key][: self.num_classes]
         return d
 
 
