@@ -57,7 +57,7 @@ levers() {
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 100
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1]}' --max_epochs 100
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1, 2]}' --max_epochs 150
-    # brain: without the stage-1 pre-training, with the augmentations; twice the schedule in bf16
+    # brain (default: 160 epochs bf16 after the 8-epoch box pre-training): without pre-training, with the augmentations; 120 epochs
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"init_weights": [null], "colour_aug": [0.1], "elastic_prob": [0.5], "amp": [true]}' --max_epochs 60
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"amp": [true]}' --max_epochs 120
     # C-TRUS (default 256^2, 60 epochs, bf16): resolution and seeds of the 20-epoch fp32 recipe; bf16 for 40 epochs
