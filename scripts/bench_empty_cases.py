@@ -97,13 +97,14 @@ def separability(rows: list[dict]) -> dict[str, dict]:
 def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "", overrides: str | dict = "") -> None:
     """Statistics per case, the separability table; prints it and writes JSON + markdown (``empty_cases_<task>``, or
     ``empty_cases_<task>_<run folder>`` for another run). ``overrides``: JSON of the run's recipe keys."""
-    from bench_accuracy import DATASETS, WORK, _commit, _hardware
+    from bench_accuracy import DATASETS, WORK, _commit, _hardware, _literal
 
     work = WORK / (run or task)  # a run folder relative to benchmarks/work, as in bench_accuracy.py
     data = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (work / "models" / "model.pt").is_file():
         raise SystemExit(f"{work / 'models' / 'model.pt'} missing: train it with bench_accuracy.py run --tasks {task}.")
     extra = json.loads(overrides) if isinstance(overrides, str) and overrides else dict(overrides or {})
+    extra = {k: _literal(v) for k, v in extra.items()}  # fire reads '{"presence_head": true}' as the string "true"
     rows = case_statistics(task, work, data, extra)
     table = separability(rows)
     n_empty = sum(r["truth_fraction"] == 0 for r in rows)

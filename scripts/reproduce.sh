@@ -64,6 +64,8 @@ levers() {
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"amp": [true]}' --max_epochs 40
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"presence_head": [true]}' --max_epochs 60
+    $PY scripts/bench_empty_cases.py run --task trus_prostate --run sweep/trus_prostate/presence_head-True_60ep --overrides '{"presence_head": true}'
 }
 
 speed() {
