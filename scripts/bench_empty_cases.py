@@ -9,9 +9,9 @@ For each fold-0 case of the prepared set, runs the bundle's network (checkpoint 
 bundle's ``evaluate`` pre-processing and recipe keys) and records image-level statistics of the foreground
 probability: the predicted area fraction, the summed probability, the maximum, the 99th percentile and the mean
 probability inside the predicted mask; for a network trained with ``presence_head``, the statistics are those of its
-segmentation network before the gate, plus the head's own ``presence_probability``. For each statistic it finds, over every threshold ("empty if the statistic is
-below t"), how many cases with a structure stay non-empty while a given share of the empty cases is predicted
-empty. If no statistic keeps most non-empty cases at the goal's share (C-TRUS: 90 %), post-processing cannot reach
+segmentation network before the gate, plus the head's own ``presence_probability``. For each statistic it finds,
+over every threshold ("empty if the statistic is below t"), how many cases with a structure stay non-empty while a
+given share of the empty cases is predicted empty. If no statistic keeps most non-empty cases at the goal's share (C-TRUS: 90 %), post-processing cannot reach
 the goal and the model itself has to separate the cases (an image-level head, more data or resolution).
 Writes ``benchmarks/results/empty_cases_<task>.{json,md}``.
 """
@@ -50,7 +50,9 @@ def case_statistics(task: str, run: Path, dataset_dir: Path, overrides: dict | N
     state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state))
     net.eval()
-    head = getattr(net, "head", None) if hasattr(net, "threshold") else None  # a PresenceGatedNet
+    from scripts.networks import PresenceGatedNet  # the bundle's package, as the parser imported it
+
+    head = net.head if isinstance(net, PresenceGatedNet) else None
     segment = net.net if head is not None else net
     dataset = parser.get_parsed_content("validate#dataset")
     rows = []

@@ -701,10 +701,10 @@ class MeanEnsembleNet(nn.Module):
 class PresenceClassifier(nn.Module):
     """Image-level "is any foreground present" classifier: a small strided CNN, mean+max pooling, one logit.
 
-    Five stages of (3x3 stride-2 conv, 3x3 conv), each conv -> batch norm -> ReLU, with ``channels`` widths: at 256x256
-    about 0.1 GMAC, a few per cent of the ``unet`` entry. Its own weights, not the segmentation network's features:
-    what says "this image shows no structure" in C-TRUS is the image as a whole (most low-quality scans have an empty
-    mask), not the texture at a pixel, which the segmentation features are trained to see.
+    Five stages of (3x3 stride-2 conv, 3x3 conv), each conv -> batch norm -> ReLU, with ``channels`` widths: 0.6 M
+    parameters and 0.23 GMAC at 256x256 (the ``unet`` entry: 1.6 M, 0.76 GMAC). Its own weights, not the segmentation
+    network's features, which are trained to see texture at a pixel rather than the image as a whole. Measured on
+    C-TRUS it did not learn to tell empty scans from the others (see the TRUS bundle's model card).
 
     Args:
         spatial_dims: 2 or 3.
