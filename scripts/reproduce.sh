@@ -45,10 +45,12 @@ postprocess() {
 levers() {
     # the comparisons behind the defaults (each row of the sweep tables; sweeps add up per task). Each grid names
     # every key it moves away from today's default, so it reproduces its rows after the defaults changed.
-    # PH2 (default: unet, dicece, 240 epochs, bf16): network x loss; the 120-epoch fp32 recipe, 3 seeds; colour jitter
+    # PH2 (default: unet, dicece, 240 epochs, bf16): network x loss; the 120-epoch fp32 recipe, 3 seeds; colour jitter;
+    # elastic deformation at 240 epochs
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"network": ["unet", "segnet"], "loss": ["dicece", "dice_bce"], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "seed": [0, 1, 2]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "colour_aug": [0.1]}' --max_epochs 120
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"elastic_prob": [0.5]}' --max_epochs 240
     # GlaS / IPMN (default: 384^2, 150 epochs, bf16, colour 0.1, elastic 0.5): resolution and seeds of the
     # 50-epoch fp32 recipe; the augmentations at 50 epochs; 100 epochs without them; 100 and 150 epochs, seeds
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"spatial_size": [[256, 256], [384, 384], [512, 512]], "amp": [false], "colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 50
