@@ -91,7 +91,9 @@ def separability(rows: list[dict]) -> dict[str, dict]:
             ok = [(int((n >= t).sum()), float(t)) for t in thresholds if (e < t).sum() >= share * len(e)]
             kept, t = max(ok) if ok else (0, float("nan"))
             best[f"{share:.0%}"] = {"non_empty_kept": kept, "threshold": t}
-        medians = {name: float(np.median(v)) if len(v) else float("nan") for name, v in (("empty", e), ("non_empty", n))}
+        medians = {
+            name: float(np.median(v)) if len(v) else float("nan") for name, v in (("empty", e), ("non_empty", n))
+        }
         out[stat] = {"median_empty": medians["empty"], "median_non_empty": medians["non_empty"], **best}
     return out
 

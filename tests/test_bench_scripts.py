@@ -143,6 +143,7 @@ def test_empty_case_separability_counts_the_cases_a_threshold_keeps() -> None:
 def test_empty_case_statistics_of_a_presence_network_add_its_head(tmp_path: Path) -> None:
     """With ``presence_head`` the table scores the head's probability, and the others come from the ungated network."""
     import torch
+
     from lesiondata.synthetic import make_demo_dataset
 
     empty = _load("bench_empty_cases")

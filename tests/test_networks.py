@@ -362,7 +362,9 @@ def test_presence_head_outputs_in_train_and_eval_mode():
 def test_presence_head_empties_the_mask_only_where_it_says_absent():
     x = torch.randn(2, 1, H, W)
     present, absent = _gated(bias=20.0), _gated(bias=-20.0)
-    absent.load_state_dict(present.state_dict() | {k: v for k, v in absent.state_dict().items() if k.startswith("head")})
+    absent.load_state_dict(
+        present.state_dict() | {k: v for k, v in absent.state_dict().items() if k.startswith("head")}
+    )
     with torch.no_grad():
         plain = present.net(x)
         assert torch.equal(present(x), plain), "a present verdict must leave the logits untouched"

@@ -714,7 +714,11 @@ class PresenceClassifier(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, channels: Sequence[int] = (16, 32, 64, 128, 128), dropout: float = 0.0
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int] = (16, 32, 64, 128, 128),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
