@@ -59,9 +59,11 @@ levers() {
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 100
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1]}' --max_epochs 100
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"seed": [0, 1, 2]}' --max_epochs 150
-    # brain (default: 160 epochs bf16 after the 8-epoch box pre-training): without pre-training, with the augmentations; 120 epochs
+    # brain (default: 160 epochs bf16 after the 8-epoch box pre-training): without pre-training, with the augmentations; 120 epochs;
+    # elastic deformation
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"init_weights": [null], "colour_aug": [0.1], "elastic_prob": [0.5], "amp": [true]}' --max_epochs 60
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"amp": [true]}' --max_epochs 120
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"elastic_prob": [0.5]}' --max_epochs 160
     # C-TRUS (default 256^2, 60 epochs, bf16): resolution and seeds of the 20-epoch fp32 recipe; bf16 for 40 epochs
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2], "amp": [false]}' --max_epochs 20
