@@ -108,46 +108,97 @@ def keep_plots(task: str, eval_dir: Path) -> list[str]:
 
 # recipes with a first stage on another set: the brain bundle pre-trains on the 2146-image Roboflow export, whose
 # "polygons" are bounding boxes (weak supervision), then fine-tunes on the polygon set (``init_weights``)
-# (stage 1 in fp32, as measured: the bundle's ``amp`` default applies to stage 2 only)
+# (stage 1 in fp32, as measured: the bundle's ``amp`` default applies to stage 2 only). Every key but ``dataset`` is
+# a bundle override of the first stage; a sweep varies one as ``pretrain_<key>`` (e.g. ``pretrain_max_epochs``).
 PRETRAIN = {"brain_tumor": {"dataset": "brain2146", "max_epochs": 8, "amp": False}}
+STAGE1 = "pretrain_"  # prefix of the sweep keys that set a first-stage key
 
 
-def pretrain(task: str, work: Path) -> dict:
-    """Stage 1 of a two-stage recipe (see ``PRETRAIN``); returns its record, with the checkpoint path."""
-    spec = PRETRAIN[task]
+def split_stage1(task: str, combo: dict) -> tuple[dict, dict]:
+    """A grid point's bundle overrides and its first-stage changes (the ``pretrain_<key>`` keys, prefix dropped)."""
+    stage1 = {k[len(STAGE1) :]: v for k, v in combo.items() if k.startswith(STAGE1)}
+    if stage1 and task not in PRETRAIN:
+        raise SystemExit(f"{task} has no first stage (see PRETRAIN): drop {sorted(STAGE1 + k for k in stage1)}.")
+    return {k: v for k, v in combo.items() if not k.startswith(STAGE1)}, stage1
+
+
+def _stage1_fingerprint(task: str, spec: dict) -> str:
+    """What a first-stage checkpoint depends on: its settings, the bundle's train config, the shared bundle code and
+    the stage-1 datalist. A cached checkpoint is reused only while this is unchanged."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    files = [
+        ROOT / "bundles" / task / "configs" / "train.json",
+        ROOT / "data" / "prepared" / spec["dataset"] / "datalist.json",
+    ]
+    files += sorted((ROOT / "bundles" / "_shared" / "scripts").glob("*.py"))
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pretrain(task: str, changes: dict | None = None) -> dict:
+    """Stage 1 of a two-stage recipe (``PRETRAIN`` with ``changes``); returns its record, with the checkpoint path.
+
+    The checkpoint is kept in ``benchmarks/work/pretrain/<task>/<settings>/`` and reused by later runs while its
+    settings, the bundle's train config, the shared bundle code and the data are unchanged (the record keeps the
+    training time it took, and says ``"reused": true``). Runs started together wait for one another (a file lock).
+    """
+    import fcntl
+
+    spec = {**PRETRAIN[task], **(changes or {})}
     dataset_dir = ROOT / "data" / "prepared" / spec["dataset"]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
-    out = work / "pretrain"
-    stage = {
-        "dataset_dir": str(dataset_dir),
-        "ckpt_dir": str(out / "models"),
-        "output_dir": str(out / "eval"),
-        "max_epochs": spec["max_epochs"],
-        "amp": spec["amp"],
-        "time_limit_minutes": 0,
-    }
-    t0 = time.perf_counter()
-    run_monai_bundle(task, ["run", "--config_file", "configs/train.json", *override_args(stage)])
-    history = json.loads((out / "models" / "history.json").read_text())
-    return {
-        **spec,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "best_val_dice_box_level": max(h.get("val_mean_dice", 0) for h in history),
-        "checkpoint": str(out / "models" / "model.pt"),
-    }
+    out = WORK / "pretrain" / task / _slug(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _stage1_fingerprint(task, spec)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = out / "stage1.json"
+        if kept.is_file() and (out / "models" / "model.pt").is_file():
+            cached = json.loads(kept.read_text())
+            if cached.get("fingerprint") == fingerprint:
+                print(f"[bench_accuracy] stage 1 reused: {out} (same settings, config, code and data)")
+                return {**cached["record"], "reused": True}
+        shutil.rmtree(out / "models", ignore_errors=True)
+        stage = {
+            "dataset_dir": str(dataset_dir),
+            "ckpt_dir": str(out / "models"),
+            "output_dir": str(out / "eval"),
+            **{k: v for k, v in spec.items() if k != "dataset"},
+            "time_limit_minutes": 0,
+        }
+        t0 = time.perf_counter()
+        run_monai_bundle(task, ["run", "--config_file", "configs/train.json", *override_args(stage)])
+        history = json.loads((out / "models" / "history.json").read_text())
+        record = {
+            **spec,
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "best_val_dice_box_level": max(h.get("val_mean_dice", 0) for h in history),
+            "checkpoint": str(out / "models" / "model.pt"),
+            "commit": _commit(),
+        }
+        kept.write_text(json.dumps({"fingerprint": fingerprint, "record": record}, indent=2) + "\n")
+    return record
 
 
-def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path) -> dict:
-    """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record."""
+def run_task(
+    task: str, minutes: float, max_epochs: int | None, extra: list[str], work: Path, stage1: dict | None = None
+) -> dict:
+    """Train + evaluate one bundle in ``work`` (``models/``, ``eval/``); returns the result record. ``stage1``:
+    changes to the first stage of a two-stage recipe (see ``PRETRAIN``)."""
     dataset_dir = ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
     check_split(task, dataset_dir)
-    stage1, asked = None, list(extra)
+    changes, stage1, asked = stage1, None, list(extra)
     if task in PRETRAIN and "--init_weights" not in extra:
-        stage1 = pretrain(task, work)
+        stage1 = pretrain(task, changes)
         extra = [*extra, "--init_weights", stage1["checkpoint"]]
+    elif changes:
+        raise SystemExit(f"{task}: first-stage changes {changes} given with --init_weights (no first stage then).")
     ckpt = work / "models"
     paths = {"dataset_dir": str(dataset_dir), "ckpt_dir": str(ckpt), "output_dir": str(work / "eval")}
     limits = {"time_limit_minutes": minutes, **({"max_epochs": max_epochs} if max_epochs else {})}
@@ -168,7 +219,8 @@ def run_task(task: str, minutes: float, max_epochs: int | None, extra: list[str]
         + task
         + f" --minutes {minutes}"
         + (f" --max_epochs {max_epochs}" if max_epochs else "")
-        + (f' --overrides "{shlex.join(asked)}"' if asked else ""),
+        + (f' --overrides "{shlex.join(asked)}"' if asked else "")
+        + (f" --pretrain '{json.dumps(changes)}'" if changes else ""),
     }
     (work / "record.json").write_text(json.dumps(record, indent=2) + "\n")  # what `promote` takes
     return record
@@ -356,12 +408,16 @@ DEFAULT = "(default)"  # in rows of sweeps from before rows held the resolved va
 PRETRAINED = "(stage-1 checkpoint)"  # init_weights of a two-stage recipe (see PRETRAIN)
 
 
-def _settings(task: str, keys: list[str], overrides: list[str]) -> dict:
+def _settings(task: str, keys: list[str], overrides: list[str], stage1: dict | None = None) -> dict:
     """The value each of ``keys`` had in a run: the bundle's ``configs/train.json`` value unless the run's
     ``overrides`` (``["--key", "value", ...]``, as given to the bundle) set it; a pre-trained first stage reads
-    ``PRETRAINED``. A key the bundle does not have reads ``DEFAULT``."""
+    ``PRETRAINED``. A key the bundle does not have reads ``DEFAULT``; a ``pretrain_<key>`` key reads the first
+    stage's value (``PRETRAIN`` with the run's ``stage1`` changes; ``DEFAULT`` for a task without one)."""
     given = dict(zip(overrides[::2], overrides[1::2], strict=False))
-    values = bundle_defaults(task, [k for k in keys if f"--{k}" not in given], missing=DEFAULT)
+    first = {**PRETRAIN[task], **(stage1 or {})} if task in PRETRAIN else {}
+    staged = [k for k in keys if k.startswith(STAGE1)]
+    values = bundle_defaults(task, [k for k in keys if f"--{k}" not in given and k not in staged], missing=DEFAULT)
+    values |= {k: first.get(k[len(STAGE1) :], DEFAULT) for k in staged}
     for key in keys:
         if f"--{key}" in given:
             values[key] = PRETRAINED if key == "init_weights" and task in PRETRAIN else _parse(given[f"--{key}"])
@@ -415,10 +471,11 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     for combo in combos:
         # the settings as the run starts (the bundle files may change while it trains); the brain recipe's
         # first stage adds init_weights
-        overrides = _overrides(combo)
+        bundle_combo, changes = split_stage1(task, combo)
+        overrides = _overrides(bundle_combo)
         stage1 = ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
-        settings = _settings(task, keys, overrides + stage1)
-        record = run_task(task, minutes, max_epochs, overrides, _run_dir(task, combo, epochs))
+        settings = _settings(task, keys, overrides + stage1, changes)
+        record = run_task(task, minutes, max_epochs, overrides, _run_dir(task, combo, epochs), changes)
         rows.append(
             {
                 **settings,
@@ -710,7 +767,11 @@ def promote(task: str, point: str | dict) -> None:
     matches = [
         r for r in matches if all(r[k] in (DEFAULT, PRETRAINED) or _same(r[k], now[k]) for k in others if k in r)
     ]
-    defaults = bundle_defaults(task, [*combo, "max_epochs"])
+    bundle_combo, _ = split_stage1(task, combo)
+    defaults = {
+        **bundle_defaults(task, [*bundle_combo, "max_epochs"]),
+        **_settings(task, [*set(combo) - set(bundle_combo)], []),
+    }
     if len(matches) > 1:  # the same point at several epoch counts: the one of the default recipe
         matches = [r for r in matches if r["epochs"] == defaults["max_epochs"]] or matches
     work = _trained_folder(task, combo, matches[0]["epochs"]) if len(matches) == 1 else None
@@ -727,7 +788,8 @@ def promote(task: str, point: str | dict) -> None:
     if differ:
         raise SystemExit(
             f"{task}: the point is not the bundle's default recipe (point vs default: {differ}); set them in "
-            "bundles/_shared/tasks.json and run scripts/sync_bundles.py, then promote."
+            "bundles/_shared/tasks.json and run scripts/sync_bundles.py (a pretrain_<key>: PRETRAIN in "
+            "scripts/bench_accuracy.py), then promote."
         )
     record = json.loads((work / "record.json").read_text()) if (work / "record.json").is_file() else None
     if record is None:  # a run from before run folders kept their record: rebuild it from the folder + sweep row
@@ -750,15 +812,23 @@ def promote(task: str, point: str | dict) -> None:
     print(table([record]))
 
 
-def run(tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "") -> None:
+def run(
+    tasks: str = "all", minutes: float = 10.0, max_epochs: int | None = None, overrides: str = "", pretrain: str = ""
+) -> None:
     """Train + evaluate ``tasks`` (comma list or ``all``) for at most ``minutes`` of training each.
 
-    ``overrides`` are extra bundle arguments, e.g. ``--overrides "--network segnet --loss dice"``.
+    ``overrides`` are extra bundle arguments, e.g. ``--overrides "--network segnet --loss dice"``; ``pretrain``
+    changes the first stage of a two-stage recipe (JSON, e.g. ``--pretrain '{"max_epochs": 12}'``; see ``PRETRAIN``).
     """
     extra = shlex.split(overrides)
+    changes = (
+        {k: _literal(v) for k, v in (json.loads(pretrain) if isinstance(pretrain, str) else dict(pretrain)).items()}
+        if pretrain
+        else {}
+    )
     records = []
     for task in _names(tasks):
-        record = run_task(task, minutes, max_epochs, extra, WORK / task)
+        record = run_task(task, minutes, max_epochs, extra, WORK / task, changes)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"accuracy_{task}.json").write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)

@@ -255,3 +255,52 @@ def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs
     record = json.loads((results / "accuracy_ph2_melanoma.json").read_text())
     assert record["epochs"] == default_epochs
     assert record["promoted_from"]["run_folder"].endswith(f"_{default_epochs}ep")
+
+
+def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> None:
+    combo = {"amp": True, "pretrain_max_epochs": 14, "pretrain_amp": True}
+    assert bench.split_stage1("brain_tumor", combo) == ({"amp": True}, {"max_epochs": 14, "amp": True})
+    with pytest.raises(SystemExit, match="no first stage"):
+        bench.split_stage1("ph2_melanoma", {"pretrain_max_epochs": 3})
+    keys = ["pretrain_max_epochs", "pretrain_amp", "pretrain_dataset"]
+    assert bench._settings("brain_tumor", keys, [], {"max_epochs": 14}) == {
+        "pretrain_max_epochs": 14,
+        "pretrain_amp": bench.PRETRAIN["brain_tumor"]["amp"],
+        "pretrain_dataset": bench.PRETRAIN["brain_tumor"]["dataset"],
+    }
+    assert bench._settings("ph2_melanoma", ["pretrain_max_epochs"], []) == {"pretrain_max_epochs": bench.DEFAULT}
+
+
+def test_a_first_stage_is_trained_once_and_reused_while_nothing_it_depends_on_changes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    if not (bench.ROOT / "data" / "prepared" / "brain2146" / "datalist.json").is_file():
+        monkeypatch.setattr(bench, "ROOT", tmp_path)  # a stand-in tree: the bundle config, shared code, a datalist
+        (tmp_path / "data" / "prepared" / "brain2146").mkdir(parents=True)
+        (tmp_path / "data" / "prepared" / "brain2146" / "datalist.json").write_text("{}")
+        (tmp_path / "bundles" / "brain_tumor" / "configs").mkdir(parents=True)
+        (tmp_path / "bundles" / "brain_tumor" / "configs" / "train.json").write_text("{}")
+        (tmp_path / "bundles" / "_shared" / "scripts").mkdir(parents=True)
+    calls = []
+
+    def fake_train(task: str, args: list[str]) -> None:  # what the bundle leaves in ckpt_dir
+        assert args[:3] == ["run", "--config_file", "configs/train.json"]
+        given = dict(zip(args[3::2], args[4::2], strict=True))
+        calls.append(given)
+        ckpt = Path(given["--ckpt_dir"])
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "model.pt").write_bytes(b"weights")
+        (ckpt / "history.json").write_text(json.dumps([{"val_mean_dice": 0.5}, {"val_mean_dice": 0.6}]))
+
+    monkeypatch.setattr(bench, "run_monai_bundle", fake_train)
+    first = bench.pretrain("brain_tumor", {"max_epochs": 2})
+    assert len(calls) == 1 and calls[0]["--max_epochs"] == "2" and calls[0]["--amp"] == "False"
+    assert first["best_val_dice_box_level"] == 0.6 and "reused" not in first
+    again = bench.pretrain("brain_tumor", {"max_epochs": 2})
+    assert len(calls) == 1 and again["reused"] and again["train_seconds"] == first["train_seconds"]
+    bench.pretrain("brain_tumor", {"max_epochs": 3})  # other settings: their own checkpoint
+    assert len(calls) == 2
+    monkeypatch.setattr(bench, "_stage1_fingerprint", lambda task, spec: "changed code")
+    bench.pretrain("brain_tumor", {"max_epochs": 2})  # the code it depends on changed: trained again
+    assert len(calls) == 3
