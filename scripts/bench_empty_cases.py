@@ -14,6 +14,14 @@ over every threshold ("empty if the statistic is below t"), how many cases with 
 given share of the empty cases is predicted empty. If no statistic keeps most non-empty cases at the goal's share (C-TRUS: 90 %), post-processing cannot reach
 the goal and the model itself has to separate the cases (an image-level head, more data or resolution).
 Writes ``benchmarks/results/empty_cases_<task>.{json,md}``.
+
+    python scripts/bench_empty_cases.py classifier --task trus_prostate [--target quality] [--size 128]
+
+asks the question an image-level head depends on: can an image classifier trained from scratch on the training folds
+(the bundle's ``PresenceClassifier``, alone, on grey images resized to ``size``) tell the fold-0 empty cases from
+the others? ``target``: ``presence`` (mask non-empty) or ``quality`` (C-TRUS's grade, "low" vs the rest: most scans
+graded low have an empty mask). Prints the ROC AUC and the same kept-at-share table every few epochs; writes
+``benchmarks/results/empty_cases_<task>_classifier_<target>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -148,5 +156,112 @@ def run(task: str = "trus_prostate", run: str = "", dataset_dir: str = "", overr
     print(markdown)
 
 
+def auc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC: the chance that a positive case scores above a negative one (ties count half)."""
+    above = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(above / (len(positive) * len(negative)))
+
+
+def _load_grey(dataset_dir: Path, items: list[dict], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grey images resized to ``size`` in [0, 1] and whether each mask has any foreground."""
+    from PIL import Image
+
+    images, present = [], []
+    for item in items:
+        grey = Image.open(dataset_dir / item["image"]).convert("L").resize((size, size), Image.BILINEAR)
+        images.append(np.asarray(grey, dtype=np.float32) / 255.0)
+        present.append(bool(np.asarray(Image.open(dataset_dir / item["label"])).max() > 0))
+    return np.stack(images)[:, None], np.array(present)
+
+
+def classifier(
+    task: str = "trus_prostate",
+    target: str = "presence",
+    size: int = 128,
+    epochs: int = 40,
+    learning_rate: float = 1e-3,
+    dropout: float = 0.3,
+    eval_every: int = 5,
+    seed: int = 0,
+    dataset_dir: str = "",
+) -> None:
+    """Train the bundle's ``PresenceClassifier`` alone on folds != 0 and measure how well it finds fold 0's empty
+    cases (see the module docstring)."""
+    import torch
+    from bench_accuracy import DATASETS, _commit, _hardware
+
+    if target not in ("presence", "quality"):
+        raise SystemExit(f"target {target!r}: use presence (mask non-empty) or quality (grade low vs the rest).")
+    data = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
+    if not (data / "datalist.json").is_file():
+        raise SystemExit(f"{data} not prepared: run scripts/convert.py on ../shared/data first (see README).")
+    items = json.loads((data / "datalist.json").read_text())["training"]
+    if target == "quality" and any("quality_name" not in d for d in items):
+        raise SystemExit(f"{data}: the datalist has no quality_name (C-TRUS's grade); use --target presence.")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    images, present = _load_grey(data, items, size)
+    val = np.array([int(d["fold"]) == 0 for d in items])
+    wanted = present if target == "presence" else np.array([d.get("quality_name") != "low" for d in items])
+    x_train, y_train = torch.from_numpy(images[~val]), torch.from_numpy(wanted[~val].astype(np.float32))
+    x_val = torch.from_numpy(images[val])
+    sys.path.insert(0, str(ROOT / "bundles" / task))
+    from scripts.networks import PresenceClassifier
+
+    net = PresenceClassifier(2, 1, dropout=dropout)
+    optim = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, epochs)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    checks, batch = [], 16
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = torch.randperm(len(x_train))
+        for start in range(0, len(order), batch):
+            index = order[start : start + batch]
+            x = x_train[index]
+            x = x.flip(-1) if rng.random() < 0.5 else x
+            gain = 1 + 0.2 * (torch.rand(len(index), 1, 1, 1) - 0.5)
+            x = x * gain + 0.1 * (torch.rand(len(index), 1, 1, 1) - 0.5)  # contrast / brightness jitter
+            loss = loss_fn(net(x)[:, 0], y_train[index])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        schedule.step()
+        if epoch % eval_every and epoch != epochs:
+            continue
+        net.eval()
+        with torch.no_grad():
+            prob = torch.sigmoid(net(x_val)[:, 0]).numpy()
+        rows = [{"truth_fraction": float(p), PRESENCE: float(q)} for p, q in zip(present[val], prob, strict=True)]
+        table = separability(rows)[PRESENCE]
+        score = auc(prob[~present[val]], prob[present[val]])
+        checks.append({"epoch": epoch, "train_loss_last_batch": float(loss), "auc": score, **table})
+        print(
+            f"epoch {epoch}: AUC {score:.3f}, "
+            + ", ".join(f"{s}: {table[s]['non_empty_kept']}" for s in table if "%" in s)
+        )
+    n_empty, n_other = int((~present[val]).sum()), int(present[val].sum())
+    command = f"python scripts/bench_empty_cases.py classifier --task {task} --target {target} --size {size}"
+    command += f" --epochs {epochs}"
+    lines = [
+        f"## {task}: can an image classifier trained from scratch find the empty cases? (fold 0, {n_empty} empty, "
+        f"{n_other} with a structure; target: {target}; {size}x{size} grey; {len(x_train)} training images)",
+        "",
+        "| epoch | ROC AUC | " + " | ".join(f"non-empty kept with {s:.0%} of empties right" for s in SHARES) + " |",
+        "|---|---|" + "---|" * len(SHARES),
+    ]
+    for c in checks:
+        cells = [f"{c[f'{s:.0%}']['non_empty_kept']}/{n_other}" for s in SHARES]
+        lines.append(f"| {c['epoch']} | {c['auc']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", f"`{command}` (the best epoch is chosen on these same cases: optimistic)."]
+    markdown = "\n".join(lines)
+    payload = {"task": task, "target": target, "size": size, "checks": checks, "hardware": _hardware()}
+    payload |= {"commit": _commit(), "command": command}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"empty_cases_{task}_classifier_{target}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"empty_cases_{task}_classifier_{target}.md").write_text(markdown + "\n")
+    print(markdown)
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run})
+    fire.Fire({"run": run, "classifier": classifier})

@@ -304,3 +304,28 @@ def test_a_first_stage_is_trained_once_and_reused_while_nothing_it_depends_on_ch
     monkeypatch.setattr(bench, "_stage1_fingerprint", lambda task, spec: "changed code")
     bench.pretrain("brain_tumor", {"max_epochs": 2})  # the code it depends on changed: trained again
     assert len(calls) == 3
+
+
+def test_auc_is_the_chance_a_positive_case_scores_above_a_negative_one() -> None:
+    import numpy as np
+
+    empty = _load("bench_empty_cases")
+    assert empty.auc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert empty.auc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert empty.auc(np.array([0.1, 0.5]), np.array([0.5, 0.9])) == 0.875  # 3 above, 1 tie of 4 pairs
+
+
+def test_the_empty_case_classifier_trains_on_other_folds_and_scores_fold_0(tmp_path: Path, monkeypatch) -> None:
+    from lesiondata.synthetic import make_demo_dataset
+
+    empty = _load("bench_empty_cases")
+    data = make_demo_dataset("trus_prostate", tmp_path / "data", n=12, seed=3)
+    monkeypatch.setattr(empty, "RESULTS", tmp_path / "results")
+    for target in ("presence", "quality"):
+        empty.classifier(target=target, size=32, epochs=2, eval_every=1, dataset_dir=str(data))
+        saved = json.loads((tmp_path / "results" / f"empty_cases_trus_prostate_classifier_{target}.json").read_text())
+        assert [c["epoch"] for c in saved["checks"]] == [1, 2]
+        assert all(0.0 <= c["auc"] <= 1.0 and "90%" in c for c in saved["checks"])
+        assert f"--target {target}" in saved["command"]
+    with pytest.raises(SystemExit, match="presence"):
+        empty.classifier(target="grade", dataset_dir=str(data))
