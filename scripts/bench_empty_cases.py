@@ -235,7 +235,7 @@ def classifier(
         rows = [{"truth_fraction": float(p), PRESENCE: float(q)} for p, q in zip(present[val], prob, strict=True)]
         table = separability(rows)[PRESENCE]
         score = auc(prob[~present[val]], prob[present[val]])
-        checks.append({"epoch": epoch, "train_loss_last_batch": float(loss), "auc": score, **table})
+        checks.append({"epoch": epoch, "train_loss_last_batch": float(loss.detach()), "auc": score, **table})
         print(
             f"epoch {epoch}: AUC {score:.3f}, "
             + ", ".join(f"{s}: {table[s]['non_empty_kept']}" for s in table if "%" in s)
