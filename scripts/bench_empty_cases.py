@@ -21,7 +21,7 @@ asks the question an image-level head depends on: can an image classifier traine
 (the bundle's ``PresenceClassifier``, alone, on grey images resized to ``size``) tell the fold-0 empty cases from
 the others? ``target``: ``presence`` (mask non-empty) or ``quality`` (C-TRUS's grade, "low" vs the rest: most scans
 graded low have an empty mask). Prints the ROC AUC and the same kept-at-share table every few epochs; writes
-``benchmarks/results/empty_cases_<task>_classifier_<target>.{json,md}``.
+``benchmarks/results/empty_cases_<task>_classifier_<target>_<size>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ def classifier(
     payload = {"task": task, "target": target, "size": size, "checks": checks, "hardware": _hardware()}
     payload |= {"commit": _commit(), "command": command}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"empty_cases_{task}_classifier_{target}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"empty_cases_{task}_classifier_{target}.md").write_text(markdown + "\n")
+    (RESULTS / f"empty_cases_{task}_classifier_{target}_{size}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"empty_cases_{task}_classifier_{target}_{size}.md").write_text(markdown + "\n")
     print(markdown)
 
 

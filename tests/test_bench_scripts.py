@@ -323,7 +323,9 @@ def test_the_empty_case_classifier_trains_on_other_folds_and_scores_fold_0(tmp_p
     monkeypatch.setattr(empty, "RESULTS", tmp_path / "results")
     for target in ("presence", "quality"):
         empty.classifier(target=target, size=32, epochs=2, eval_every=1, dataset_dir=str(data))
-        saved = json.loads((tmp_path / "results" / f"empty_cases_trus_prostate_classifier_{target}.json").read_text())
+        saved = json.loads(
+            (tmp_path / "results" / f"empty_cases_trus_prostate_classifier_{target}_32.json").read_text()
+        )
         assert [c["epoch"] for c in saved["checks"]] == [1, 2]
         assert all(0.0 <= c["auc"] <= 1.0 and "90%" in c for c in saved["checks"])
         assert f"--target {target}" in saved["command"]
