@@ -70,6 +70,10 @@ levers() {
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"amp": [true]}' --max_epochs 40
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"presence_head": [true]}' --max_epochs 60
     $PY scripts/bench_empty_cases.py run --task trus_prostate --run sweep/trus_prostate/presence_head-True_60ep --overrides '{"presence_head": true}'
+    # can an image classifier alone find the empty scans (the presence head's premise)? mask presence, C-TRUS grade
+    $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target presence --size 128
+    $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target presence --size 256
+    $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target quality --size 128
 }
 
 speed() {
