@@ -170,7 +170,7 @@ def pretrain(task: str, changes: dict | None = None) -> dict:
             **{k: v for k, v in spec.items() if k != "dataset"},
             "time_limit_minutes": 0,
         }
-        t0 = time.perf_counter()
+        commit, t0 = _commit(), time.perf_counter()  # the code as the stage starts
         run_monai_bundle(task, ["run", "--config_file", "configs/train.json", *override_args(stage)])
         history = json.loads((out / "models" / "history.json").read_text())
         record = {
@@ -178,7 +178,7 @@ def pretrain(task: str, changes: dict | None = None) -> dict:
             "train_seconds": round(time.perf_counter() - t0, 1),
             "best_val_dice_box_level": max(h.get("val_mean_dice", 0) for h in history),
             "checkpoint": str(out / "models" / "model.pt"),
-            "commit": _commit(),
+            "commit": commit,
         }
         kept.write_text(json.dumps({"fingerprint": fingerprint, "record": record}, indent=2) + "\n")
     return record
