@@ -253,9 +253,21 @@ def classifier(
     for c in checks:
         cells = [f"{c[f'{s:.0%}']['non_empty_kept']}/{n_other}" for s in SHARES]
         lines.append(f"| {c['epoch']} | {c['auc']:.3f} | " + " | ".join(cells) + " |")
+    if target == "quality":  # how the grade goes with empty masks, over every case of the set
+        grades = sorted({d["quality_name"] for d in items})
+        counts = {
+            g: [
+                int(sum(d["quality_name"] == g and bool(p) == has for d, p in zip(items, present, strict=True)))
+                for has in (False, True)
+            ]
+            for g in grades
+        }
+        lines += ["", "| grade (all folds) | empty mask | with a structure |", "|---|---|---|"]
+        lines += [f"| {g} | {e} | {n} |" for g, (e, n) in counts.items()]
     lines += ["", f"`{command}` (the best epoch is chosen on these same cases: optimistic)."]
     markdown = "\n".join(lines)
     payload = {"task": task, "target": target, "size": size, "checks": checks, "hardware": _hardware()}
+    payload |= {"grade_vs_empty": counts} if target == "quality" else {}
     payload |= {"commit": _commit(), "command": command}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"empty_cases_{task}_classifier_{target}_{size}.json").write_text(json.dumps(payload, indent=2) + "\n")

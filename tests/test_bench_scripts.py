@@ -329,5 +329,6 @@ def test_the_empty_case_classifier_trains_on_other_folds_and_scores_fold_0(tmp_p
         assert [c["epoch"] for c in saved["checks"]] == [1, 2]
         assert all(0.0 <= c["auc"] <= 1.0 and "90%" in c for c in saved["checks"])
         assert f"--target {target}" in saved["command"]
+        assert target == "presence" or sum(map(sum, saved["grade_vs_empty"].values())) == 12
     with pytest.raises(SystemExit, match="presence"):
         empty.classifier(target="grade", dataset_dir=str(data))
