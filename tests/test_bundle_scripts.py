@@ -235,3 +235,33 @@ def test_amp_mode() -> None:
     assert amp_mode(False, "cpu") is None
     assert amp_mode("bf16", "cpu") == "cpu"
     assert amp_mode(True, "cuda:0") == "cuda"
+
+
+def test_weight_averager_validates_and_saves_the_average_and_puts_the_training_weights_back() -> None:
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import WeightAverager
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    seen = []
+    evaluator = Engine(lambda e, b: seen.append(float(net.weight)))
+
+    def step(engine, batch):  # the "optimizer" sets the weight to the batch value
+        with torch.no_grad():
+            net.weight.fill_(float(batch))
+
+    trainer = Engine(step)
+    averager = WeightAverager(net, decay=0.5, evaluator=evaluator)
+    averager.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    trainer.run([2.0, 4.0], max_epochs=1)
+    # step 0: the average starts at the first weights (2); step 1: d = min(0.5, 2/11) -> 2 * 2/11 + 4 * 9/11
+    expected = 2.0 * 2 / 11 + 4.0 * 9 / 11
+    assert seen == [pytest.approx(expected)]  # the evaluator saw the average
+    assert float(net.weight) == 4.0  # and training goes on from its own weights
+    off = torch.nn.Linear(1, 1)
+    plain = Engine(lambda e, b: None)
+    WeightAverager(off, decay=0.0, evaluator=evaluator).attach(plain)
+    assert not plain._event_handlers  # 0: nothing attached
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverager(net, decay=1.0)

@@ -370,3 +370,18 @@ def test_presence_head_trains_evaluates_and_gates_inference(demo_data, tmp_path:
     assert any(np.asarray(Image.open(tmp_path / "kept" / f"{image.stem}_seg.png")).any() for image in images), (
         "with every image called present some mask must be non-empty, or the gate test is vacuous"
     )
+
+
+def test_ema_decay_trains_and_saves_the_averaged_weights(demo_data, tmp_path: Path) -> None:
+    """``--ema_decay``: the saved best model is the moving average, not the training weights (training itself is
+    deterministic, so two plain runs agree and the averaged one differs)."""
+    from bundle_utils import train
+
+    def trained(folder: str, **keys) -> dict:
+        ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, **keys)
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+    plain, again, averaged = trained("plain"), trained("again"), trained("ema", ema_decay=0.9)
+    assert plain.keys() == again.keys() == averaged.keys()
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert any(not torch.equal(plain[k], averaged[k]) for k in plain)

@@ -1,4 +1,5 @@
-"""Ignite handlers the bundles add to MONAI's: atomic best-model saving, training history, confusion matrix."""
+"""Ignite handlers the bundles add to MONAI's: atomic best-model saving, weight averaging, training history,
+confusion matrix."""
 
 from __future__ import annotations
 
@@ -65,6 +66,68 @@ class BestModelSaver:
         atomic_write_bytes(self.save_path, lambda tmp: torch.save(state, tmp))
         epoch = engine.state.epoch  # the evaluator runs with the trainer's epoch number
         atomic_write_json(self.save_path.with_suffix(".json"), {self.key_metric: value, "epoch": epoch})
+
+
+class WeightAverager:
+    """Exponential moving average of the network's weights (``ema_decay``), used for validation and saved.
+
+    After every training iteration ``avg = d * avg + (1 - d) * weights`` with ``d = min(decay, (1 + t) / (10 + t))``
+    at step ``t`` (a short warm-up, so the first, random weights fade fast); buffers (batch-norm statistics) are
+    copied. While the evaluator runs, the network holds the averaged weights, so the validation metrics, the best
+    model saved by :class:`BestModelSaver` (on the evaluator's epoch end) and the early stopper all see the average;
+    the training weights are put back when it completes. ``decay`` 0 attaches nothing (the plain recipe).
+
+    Args:
+        net: the network (DDP-wrapped or not).
+        decay: the average's decay per iteration (e.g. 0.99: a horizon of about 100 iterations); 0 is off.
+        evaluator: the validation evaluator (attach this handler to the trainer).
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float, evaluator: Engine | None = None):
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 turns the average off); got {decay}.")
+        self.net, self.decay, self.evaluator = net, float(decay), evaluator
+        self.average: dict[str, torch.Tensor] | None = None
+        self._training: dict[str, torch.Tensor] | None = None
+        self.steps = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.decay == 0.0:
+            return
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.STARTED, self.swap_in)
+            self.evaluator.add_event_handler(Events.COMPLETED, self.swap_out)
+
+    @torch.no_grad()
+    def update(self, engine: Engine | None = None) -> None:
+        state = _unwrap(self.net).state_dict()
+        if self.average is None:
+            self.average = {k: v.detach().clone() for k, v in state.items()}
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for key, value in state.items():
+            if value.is_floating_point():
+                self.average[key].mul_(d).add_(value.detach(), alpha=1 - d)
+            else:  # counters such as num_batches_tracked
+                self.average[key].copy_(value)
+        self.steps += 1
+
+    @torch.no_grad()
+    def swap_in(self, engine: Engine | None = None) -> None:
+        """Load the average into the network (keeping the training weights)."""
+        if self.average is None or self._training is not None:
+            return
+        net = _unwrap(self.net)
+        self._training = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(self.average)
+
+    @torch.no_grad()
+    def swap_out(self, engine: Engine | None = None) -> None:
+        """Put the training weights back."""
+        if self._training is None:
+            return
+        _unwrap(self.net).load_state_dict(self._training)
+        self._training = None
 
 
 class HistoryWriter:
