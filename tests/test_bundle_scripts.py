@@ -265,3 +265,17 @@ def test_weight_averager_validates_and_saves_the_average_and_puts_the_training_w
     assert not plain._event_handlers  # 0: nothing attached
     with pytest.raises(ValueError, match="ema_decay"):
         WeightAverager(net, decay=1.0)
+
+
+def test_members_with_a_presence_head_take_the_bundles_threshold(tmp_path: Path) -> None:
+    """``load_members`` builds a presence member with ``presence_threshold`` (the bundle key), not a fixed 0.5."""
+    from scripts.ensemble import load_members
+    from scripts.networks import PresenceGatedNet, build_network
+
+    net = build_network("unet", 1, 2, presence_head=True)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    member = [{"name": "a", "network": "unet", "checkpoint": str(tmp_path / "model.pt")}]
+    (loaded,) = load_members(member, 1, 2, presence_threshold=0.8)
+    assert isinstance(loaded, PresenceGatedNet) and loaded.threshold == 0.8
+    (default,) = load_members(member, 1, 2)
+    assert default.threshold == 0.5

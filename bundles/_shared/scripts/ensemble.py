@@ -119,6 +119,7 @@ def load_members(
     num_classes: int,
     dropout: float = 0.0,
     device: torch.device | str = "cpu",
+    presence_threshold: float = 0.5,
 ) -> list[nn.Module]:
     """Build each member with ``scripts.networks.build_network`` and load its checkpoint (strictly).
 
@@ -130,6 +131,7 @@ def load_members(
         num_classes: the bundle's ``num_classes``.
         dropout: the bundle's ``dropout`` (inactive in eval mode; it only has to match the architecture).
         device: where the networks run.
+        presence_threshold: the bundle's ``presence_threshold``, for members with a presence head.
 
     Returns:
         The networks in eval mode, in the order of ``members``.
@@ -140,7 +142,14 @@ def load_members(
         if isinstance(state.get("model"), Mapping):  # a CheckpointSaver file: {"model": ..., "optimizer": ...}
             state = state["model"]
         presence = any(k.startswith("head.") for k in state) and any(k.startswith("net.") for k in state)
-        net = build_network(member["network"], in_channels, num_classes, dropout=dropout, presence_head=presence)
+        net = build_network(
+            member["network"],
+            in_channels,
+            num_classes,
+            dropout=dropout,
+            presence_head=presence,
+            presence_threshold=presence_threshold,
+        )
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
