@@ -64,6 +64,9 @@ levers() {
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"init_weights": [null], "colour_aug": [0.1], "elastic_prob": [0.5], "amp": [true]}' --max_epochs 60
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"amp": [true]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"elastic_prob": [0.5]}' --max_epochs 160
+    # longer pre-training (14 epochs in bf16), two seeds (the first stage is trained once and reused)
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"pretrain_max_epochs": [14], "pretrain_amp": [true]}' --max_epochs 160
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"pretrain_max_epochs": [14], "pretrain_amp": [true], "seed": [1]}' --max_epochs 160
     # C-TRUS (default 256^2, 60 epochs, bf16): resolution and seeds of the 20-epoch fp32 recipe; bf16 for 40 epochs
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2], "amp": [false]}' --max_epochs 20
