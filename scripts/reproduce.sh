@@ -51,6 +51,7 @@ levers() {
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "seed": [0, 1, 2]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "colour_aug": [0.1]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"elastic_prob": [0.5]}' --max_epochs 240
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"ema_decay": [0.99]}' --max_epochs 120
     # GlaS / IPMN (default: 384^2, 150 epochs, bf16, colour 0.1, elastic 0.5): resolution and seeds of the
     # 50-epoch fp32 recipe; the augmentations at 50 epochs; 100 epochs without them; 100 and 150 epochs, seeds
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"spatial_size": [[256, 256], [384, 384], [512, 512]], "amp": [false], "colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 50
