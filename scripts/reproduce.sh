@@ -68,6 +68,9 @@ levers() {
     # longer pre-training (14 epochs in bf16), two seeds (the first stage is trained once and reused)
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"pretrain_max_epochs": [14], "pretrain_amp": [true]}' --max_epochs 160
     $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"pretrain_max_epochs": [14], "pretrain_amp": [true], "seed": [1]}' --max_epochs 160
+    # seed 1 of the default; weight averaging from the default's stage-1 checkpoint (left by the run above)
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid '{"seed": [1]}' --max_epochs 160
+    $PY scripts/bench_accuracy.py sweep brain_tumor --grid "{\"init_weights\": [\"$PWD/benchmarks/work/pretrain/brain_tumor/dataset-brain2146_max_epochs-8_amp-False/models/model.pt\"], \"ema_decay\": [0.99]}" --max_epochs 160
     # C-TRUS (default 256^2, 60 epochs, bf16): resolution and seeds of the 20-epoch fp32 recipe; bf16 for 40 epochs
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"spatial_size": [[256, 256], [384, 384]], "amp": [false]}' --max_epochs 20
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [1, 2], "amp": [false]}' --max_epochs 20
