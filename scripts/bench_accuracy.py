@@ -15,6 +15,7 @@ Results go to ``benchmarks/results/accuracy_<task>.json`` with the hardware, wal
 from __future__ import annotations
 
 import ast
+import hashlib
 import itertools
 import json
 import os
@@ -125,8 +126,6 @@ def split_stage1(task: str, combo: dict) -> tuple[dict, dict]:
 def _stage1_fingerprint(task: str, spec: dict) -> str:
     """What a first-stage checkpoint depends on: its settings, the bundle's train config, the shared bundle code and
     the stage-1 datalist. A cached checkpoint is reused only while this is unchanged."""
-    import hashlib
-
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     files = [
         ROOT / "bundles" / task / "configs" / "train.json",
