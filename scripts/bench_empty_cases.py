@@ -163,14 +163,17 @@ def auc(negative: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _load_grey(dataset_dir: Path, items: list[dict], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grey images resized to ``size`` in [0, 1] and whether each mask has any foreground."""
+    """Grey images resized to ``size`` in [0, 1] and whether each mask has any foreground (files read by the
+    converters' ``read_image``, which names an unreadable file)."""
     from PIL import Image
+
+    from lesiondata.common import read_image
 
     images, present = [], []
     for item in items:
-        grey = Image.open(dataset_dir / item["image"]).convert("L").resize((size, size), Image.BILINEAR)
-        images.append(np.asarray(grey, dtype=np.float32) / 255.0)
-        present.append(bool(np.asarray(Image.open(dataset_dir / item["label"])).max() > 0))
+        grey = Image.fromarray(read_image(dataset_dir / item["image"])).convert("L")
+        images.append(np.asarray(grey.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0)
+        present.append(bool(read_image(dataset_dir / item["label"], "mask").max() > 0))
     return np.stack(images)[:, None], np.array(present)
 
 
