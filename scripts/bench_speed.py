@@ -18,7 +18,8 @@ Both sides train the same network (the bundle's ``network_def``), loss, optimize
 Validation runs once, after the last epoch, on the same fold-0 cases with the same metric (MONAI ``MeanDice`` over
 the foreground at ``spatial_size``), so the training epoch times exclude it. Each seed runs both sides back to back;
 the ratio is taken per seed, in one run. Writes ``benchmarks/results/speed_<task>_<device>.{json,md}`` and a bar
-plot ``speed_<task>_<device>.png``.
+plot ``speed_<task>_<device>.png``; ``<device>`` is ``cuda``, ``cpu`` (native bf16) or ``cpu_nobf16`` (a CPU
+without native bf16, where ``--amp True`` trains in fp32: run it there with ``--amp False`` only).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def floor(
         figures[f"{tag}_images_per_s"] = round(img_s, 2)
         figures[f"{tag}_floor_epoch_s"] = round(n_train / img_s, 3)
     figures["command"] = f"python scripts/bench_speed.py floor --task {task}" + (" --compile True" if compile else "")
-    record = RESULTS / f"speed_{task}_{dev.type}.json"
+    record = RESULTS / f"{_record_name(task, dev.type)}.json"
     if update and record.is_file():
         payload = json.loads(record.read_text())
         base = payload["mean"]["baseline_epoch_s"]
@@ -221,6 +222,17 @@ def floor(
     if out:
         Path(out).write_text(json.dumps(figures))
     print(json.dumps(figures, indent=2))
+
+
+def _record_name(task: str, device_type: str) -> str:
+    """``speed_<task>_<device>``: ``cuda``, ``cpu`` (native bf16, where AMP means bf16 autocast) or ``cpu_nobf16``
+    (a CPU without it, where the bundle's ``amp`` resolves to fp32), so records of different machines sit side by side."""
+    if device_type != "cpu":
+        return f"speed_{task}_{device_type}"
+    sys.path.insert(0, str(ROOT / "bundles" / task))
+    from scripts.engines import cpu_supports_bf16
+
+    return f"speed_{task}_cpu" if cpu_supports_bf16() else f"speed_{task}_cpu_nobf16"
 
 
 def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path) -> dict:
@@ -326,7 +338,7 @@ def run(
         "command": command,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"speed_{task}_{device}"
+    name = _record_name(task, device)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     _plot(RESULTS / f"{name}.png", rows, tags, f"{task}: {epochs} epochs, {device}")
