@@ -50,8 +50,18 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def _native_bf16() -> bool:
+    """AVX512-BF16 or AMX in /proc/cpuinfo: where ``--amp True`` trains in bf16 (elsewhere it trains in fp32)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def _hardware() -> str:
-    return f"{_cpu()}, {os.cpu_count()} cores"
+    bf16 = "native bf16" if _native_bf16() else "no native bf16 (amp = fp32)"
+    return f"{_cpu()}, {os.cpu_count()} cores, {bf16}"
 
 
 def _commit() -> str:
