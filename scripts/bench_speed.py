@@ -310,8 +310,9 @@ def run(
     header = "| seed | baseline s/epoch | baseline val Dice | " + " | ".join(
         f"{t} s/epoch | {t} speed-up | {t} val Dice" for t in tags
     )
+    name = _record_name(task, device)
     lines = [
-        f"## {task}: training speed, plain PyTorch baseline vs bundle ({device}, {epochs} epochs)",
+        f"## {task}: training speed, plain PyTorch baseline vs bundle ({name.removeprefix(f'speed_{task}_')}, {epochs} epochs)",
         "",
         header + " |",
         "|---|---|---|" + "---|---|---|" * len(tags),
@@ -338,7 +339,6 @@ def run(
         "command": command,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = _record_name(task, device)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     _plot(RESULTS / f"{name}.png", rows, tags, f"{task}: {epochs} epochs, {device}")
