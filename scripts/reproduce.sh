@@ -84,8 +84,15 @@ levers() {
 }
 
 speed() {
-    $PY scripts/bench_speed.py run --task ph2_melanoma --epochs 8 --seeds 0,1,2 --amp False,True
-    $PY scripts/bench_inference.py run --sizes 256,512 --modes fp32,bf16,onnx --threads 2
+    if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then
+        $PY scripts/bench_speed.py run --task ph2_melanoma --epochs 8 --seeds 0,1,2 --amp False,True
+        $PY scripts/bench_inference.py run --sizes 256,512 --modes fp32,bf16,onnx --threads 2
+    else  # no native bf16: --amp True would be fp32 again; records named *_cpu_nobf16*
+        $PY scripts/bench_speed.py run --task ph2_melanoma --epochs 8 --seeds 0,1,2 --amp False
+        $PY scripts/bench_inference.py run --sizes 256,512 --modes fp32,onnx --threads 2 \
+            --out benchmarks/results/inference_cpu_nobf16_2threads.json
+        $PY scripts/bench_inference.py run --sizes 256,512 --threads 1 --out benchmarks/results/inference_cpu_nobf16.json
+    fi
 }
 
 cards() {
