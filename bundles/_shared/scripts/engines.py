@@ -7,11 +7,15 @@ MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` hard-code ``torch.autocast
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
+
+logger = logging.getLogger(__name__)
+_warned_no_bf16 = False
 
 
 def cpu_supports_bf16() -> bool:
@@ -33,6 +37,15 @@ def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
         return "cuda"
     if amp == "bf16" or cpu_supports_bf16():
         return "cpu"
+    global _warned_no_bf16
+    if not _warned_no_bf16:
+        _warned_no_bf16 = True
+        logger.warning(
+            "amp=True, but this CPU has no native bf16 (AVX512-BF16/AMX): running in fp32 (where native, bf16 "
+            "trained 1.4x faster per epoch; README, Speed). For faster CPU inference here, export the model "
+            "(scripts/export_bundle.py) and use configs/inference_onnx.json. amp='bf16' forces emulated bf16, "
+            "which is many times slower."
+        )
     return None
 
 
