@@ -50,17 +50,11 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def _native_bf16() -> bool:
-    """AVX512-BF16 or AMX in /proc/cpuinfo: where ``--amp True`` trains in bf16 (elsewhere it trains in fp32)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
 def _hardware() -> str:
-    bf16 = "native bf16" if _native_bf16() else "no native bf16 (amp = fp32)"
+    sys.path.insert(0, str(ROOT / "bundles" / "_shared"))
+    from scripts.engines import cpu_supports_bf16  # where --amp True trains in bf16 (elsewhere in fp32)
+
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16 (amp = fp32)"
     return f"{_cpu()}, {os.cpu_count()} cores, {bf16}"
 
 
