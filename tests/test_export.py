@@ -123,3 +123,34 @@ def test_onnx_inferer_names_what_is_wrong(exported: dict[str, Path], tmp_path: P
         OnnxInferer(exported["onnx"], in_channels=1)
     logits = OnnxInferer(exported["onnx"], threads=1)(torch.zeros(2, 3, 64, 64))
     assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
+
+
+def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
+    exported: dict[str, Path], tmp_path: Path, caplog
+) -> None:
+    """A model retrained after its export must not run silently from the stale ``model.onnx``."""
+    use_bundle(NAME)
+    import onnx
+
+    from scripts.onnx_inferer import SOURCE_KEY, OnnxInferer, checkpoint_sha256
+
+    checkpoint = exported["models"] / "model.pt"
+    recorded = {p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}
+    assert recorded[SOURCE_KEY] == checkpoint_sha256(checkpoint)
+    OnnxInferer(exported["onnx"], checkpoint=checkpoint)  # the matching pair loads
+
+    retrained = tmp_path / "model.pt"
+    state = torch.load(checkpoint, map_location="cpu")
+    state = {k: v + 1 if torch.is_floating_point(v) else v for k, v in state.items()}
+    torch.save(state, retrained)
+    with pytest.raises(ValueError, match="exported from another checkpoint.*export_bundle.py"):
+        OnnxInferer(exported["onnx"], checkpoint=retrained)
+    OnnxInferer(exported["onnx"], checkpoint=tmp_path / "absent.pt")  # ONNX-only deployment: nothing to check
+
+    unstamped = tmp_path / "old.onnx"
+    model = onnx.load(str(exported["onnx"]))
+    del model.metadata_props[:]
+    onnx.save(model, str(unstamped))
+    with caplog.at_level("WARNING"):
+        OnnxInferer(unstamped, checkpoint=retrained)
+    assert "does not record the checkpoint" in caplog.text

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,4 +100,15 @@ def export_bundle(
         written[fmt] = out / FILE_NAMES[fmt]
         if not written[fmt].is_file():
             raise RuntimeError(f"the {fmt} export finished without writing {written[fmt]}.")
+        if fmt == "onnx":  # the bundle's OnnxInferer refuses it once model.pt changes (retraining)
+            _stamp_source(root, written[fmt], ckpt / "model.pt")
     return written
+
+
+def _stamp_source(root: Path, onnx_file: Path, checkpoint: Path) -> None:
+    """Record ``checkpoint``'s sha256 in ``onnx_file`` with the bundle's own ``scripts.onnx_inferer.stamp_source``."""
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from scripts.onnx_inferer import stamp_source
+
+    stamp_source(onnx_file, checkpoint)

@@ -2,11 +2,15 @@
 
 ``configs/inference_onnx.json`` sets the bundle's ``inferer`` to :class:`OnnxInferer`; pre- and post-processing
 are the bundle's own, so the masks match eager inference (see ``tests/test_export.py``). Export the model with
-``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``).
+``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``). The export records the sha256 of the
+``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint, :class:`OnnxInferer`
+refuses a model exported from another one (a stale export after retraining would otherwise run the old model).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,35 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
-__all__ = ["OnnxInferer"]
+__all__ = ["SOURCE_KEY", "OnnxInferer", "checkpoint_sha256", "stamp_source"]
 
 ort, _has_ort = optional_import("onnxruntime")
+logger = logging.getLogger(__name__)
+SOURCE_KEY = "source_checkpoint_sha256"
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hex sha256 of a checkpoint file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stamp_source(onnx_file: str | Path, checkpoint: str | Path) -> str:
+    """Write the sha256 of ``checkpoint`` (the exported ``model.pt``) into the metadata of ``onnx_file``; returns it."""
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    kept = [p for p in model.metadata_props if p.key != SOURCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    sha = checkpoint_sha256(checkpoint)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SOURCE_KEY, sha
+    onnx.save(model, str(onnx_file))
+    return sha
 
 
 class OnnxInferer(Inferer):
@@ -31,6 +61,9 @@ class OnnxInferer(Inferer):
         threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
         providers: execution providers; default ``["CPUExecutionProvider"]``.
         in_channels: when given, checked against the model's input so a wrong file fails with a clear message.
+        checkpoint: the ``model.pt`` the model should have been exported from (``<ckpt_dir>/model.pt``); when the
+            file exists and the model records its source (:func:`stamp_source`), a mismatch is an error. Absent
+            (an ONNX-only deployment) or unrecorded (an older export, logged), nothing is checked.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -39,7 +72,12 @@ class OnnxInferer(Inferer):
     """
 
     def __init__(
-        self, path: str | Path, threads: int = 0, providers: list[str] | None = None, in_channels: int | None = None
+        self,
+        path: str | Path,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        in_channels: int | None = None,
+        checkpoint: str | Path | None = None,
     ) -> None:
         super().__init__()
         path = Path(str(path))
@@ -63,6 +101,21 @@ class OnnxInferer(Inferer):
         channels = model_input.shape[1] if len(model_input.shape) > 1 else None
         if in_channels is not None and isinstance(channels, int) and channels != int(in_channels):
             raise ValueError(f"{path} takes {channels}-channel images but in_channels is {in_channels}.")
+        if checkpoint is not None and Path(str(checkpoint)).is_file():
+            self._check_source(path, Path(str(checkpoint)))
+
+    def _check_source(self, path: Path, checkpoint: Path) -> None:
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        if recorded is None:
+            logger.warning(
+                f"{path} does not record the checkpoint it was exported from; re-export to enable the check."
+            )
+        elif recorded != checkpoint_sha256(checkpoint):
+            raise ValueError(
+                f"{path} was exported from another checkpoint than {checkpoint} (retrained since the export?): "
+                "re-export with `python scripts/export_bundle.py --bundle <bundle> --ckpt_dir <folder of model.pt>`, "
+                "or point onnx_file and ckpt_dir at a matching pair."
+            )
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``."""
