@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,18 @@ def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
     with pytest.raises(ValueError, match="exported from another checkpoint.*export_bundle.py"):
         OnnxInferer(exported["onnx"], checkpoint=retrained)
     OnnxInferer(exported["onnx"], checkpoint=tmp_path / "absent.pt")  # ONNX-only deployment: nothing to check
+
+    # packaging refuses to ship the stale export beside the new weights
+    from lesiondata.packaging import bundle_files
+
+    stale = tmp_path / "models"
+    stale.mkdir()
+    shutil.copy(retrained, stale / "model.pt")
+    shutil.copy(exported["onnx"], stale / "model.onnx")
+    with pytest.raises(ValueError, match="re-export"):
+        bundle_files(NAME, models_dir=stale)
+    shutil.copy(checkpoint, stale / "model.pt")
+    assert "models/model.onnx" in bundle_files(NAME, models_dir=stale)
 
     unstamped = tmp_path / "old.onnx"
     model = onnx.load(str(exported["onnx"]))

@@ -20,7 +20,7 @@ from typing import Any
 
 from .bundles import config_value, override_args, resolve_bundle, run_monai_bundle
 
-__all__ = ["EXPORT_FORMATS", "ONNX_CONVERTER_KWARGS", "export_bundle", "export_commands"]
+__all__ = ["EXPORT_FORMATS", "ONNX_CONVERTER_KWARGS", "check_onnx_source", "export_bundle", "export_commands"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 ONNX_CONVERTER_KWARGS: dict[str, Any] = {
@@ -105,10 +105,30 @@ def export_bundle(
     return written
 
 
-def _stamp_source(root: Path, onnx_file: Path, checkpoint: Path) -> None:
-    """Record ``checkpoint``'s sha256 in ``onnx_file`` with the bundle's own ``scripts.onnx_inferer.stamp_source``."""
+def _onnx_tools(root: Path):
+    """The bundle's own ``scripts.onnx_inferer`` (one definition of the source stamp)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from scripts.onnx_inferer import stamp_source
+    import scripts.onnx_inferer
 
-    stamp_source(onnx_file, checkpoint)
+    return scripts.onnx_inferer
+
+
+def _stamp_source(root: Path, onnx_file: Path, checkpoint: Path) -> None:
+    """Record ``checkpoint``'s sha256 in ``onnx_file`` (the bundle's ``OnnxInferer`` checks it)."""
+    _onnx_tools(root).stamp_source(onnx_file, checkpoint)
+
+
+def check_onnx_source(bundle: str | Path, onnx_file: str | Path, checkpoint: str | Path) -> None:
+    """Raise when ``onnx_file`` records that it was exported from another checkpoint than ``checkpoint``.
+
+    Raises:
+        ValueError: a stale export (the model was retrained after it); the message says how to re-export.
+    """
+    tools = _onnx_tools(resolve_bundle(bundle))
+    recorded = tools.recorded_source(onnx_file)
+    if recorded is not None and recorded != tools.checkpoint_sha256(checkpoint):
+        raise ValueError(
+            f"{onnx_file} was exported from another checkpoint than {checkpoint} (retrained since?): re-export with "
+            f"`python scripts/export_bundle.py --bundle <bundle> --ckpt_dir {Path(checkpoint).parent}` first."
+        )

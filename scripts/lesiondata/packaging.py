@@ -23,6 +23,7 @@ import yaml
 
 from .bundle_check import FAILED, sha256
 from .bundles import REPO, resolve_bundle
+from .export import check_onnx_source
 
 __all__ = ["LARGE_FILES", "bundle_files", "package_bundle", "verify_package"]
 
@@ -50,6 +51,7 @@ def bundle_files(bundle: str | Path, models_dir: str | Path | None = None) -> di
 
     Raises:
         FileNotFoundError: no ``model.pt`` (train the bundle first), or a required file is missing.
+        ValueError: ``model.onnx`` was exported from another ``model.pt`` (re-export it).
     """
     root = resolve_bundle(bundle)
     models = Path(models_dir) if models_dir else root / "models"
@@ -68,6 +70,8 @@ def bundle_files(bundle: str | Path, models_dir: str | Path | None = None) -> di
     ]
     if missing:
         raise FileNotFoundError(f"{root}: missing {', '.join(missing)}; run python scripts/sync_bundles.py.")
+    if "models/model.onnx" in files:  # never ship an export of older weights beside the new model.pt
+        check_onnx_source(root, files["models/model.onnx"], files["models/model.pt"])
     return files
 
 

@@ -19,7 +19,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
-__all__ = ["SOURCE_KEY", "OnnxInferer", "checkpoint_sha256", "stamp_source"]
+__all__ = ["SOURCE_KEY", "OnnxInferer", "checkpoint_sha256", "recorded_source", "stamp_source"]
 
 ort, _has_ort = optional_import("onnxruntime")
 logger = logging.getLogger(__name__)
@@ -48,6 +48,14 @@ def stamp_source(onnx_file: str | Path, checkpoint: str | Path) -> str:
     entry.key, entry.value = SOURCE_KEY, sha
     onnx.save(model, str(onnx_file))
     return sha
+
+
+def recorded_source(onnx_file: str | Path) -> str | None:
+    """The checkpoint sha256 :func:`stamp_source` wrote into ``onnx_file``, or None for an unstamped export."""
+    import onnx
+
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == SOURCE_KEY), None)
 
 
 class OnnxInferer(Inferer):
