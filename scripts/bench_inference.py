@@ -97,16 +97,19 @@ def make_images(source: Path, out: Path, size: int, count: int, rounds: int) -> 
 
 
 def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], dict[str, Any]]:
-    if mode == "fp32":  # explicit: a bundle's inference default may be bf16 (tasks.json config_values)
-        return ["inference.json"], {"amp": False}
+    # explicit amp: a bundle's inference default may be bf16 (tasks.json config_values); explicit backend: "auto"
+    # would run the exported ONNX model beside model.pt on a CPU without native bf16
+    if mode == "fp32":
+        return ["inference.json"], {"amp": False, "backend": "torch"}
     if mode == "bf16":
-        return ["inference.json"], {"amp": True}
+        return ["inference.json"], {"amp": True, "backend": "torch"}
     if mode == "torchscript":
         handlers = [{"_target_": "StatsHandler", "iteration_log": False}]
         return ["inference.json"], {
             "net": f"$torch.jit.load('{models / 'model.ts'}')",
             "handlers": handlers,
             "amp": False,
+            "backend": "torch",
         }
     if mode == "onnx":
         return ["inference.json", "inference_onnx.json"], {

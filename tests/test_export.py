@@ -61,19 +61,22 @@ def test_export_commands_are_the_monai_bundle_commands(tmp_path: Path) -> None:
 
 
 def test_exported_models_match_eager_inference(exported: dict[str, Path]) -> None:
-    eager = _infer(exported, "eager", ["inference.json"])
+    eager = _infer(exported, "eager", ["inference.json"], backend="torch")
     script = _infer(
         exported,
         "torchscript",
         ["inference.json"],
         net=f"$torch.jit.load('{exported['torchscript']}')",
         handlers=[{"_target_": "StatsHandler", "iteration_log": False}],
+        backend="torch",
     )
     onnx = _infer(exported, "onnx", ["inference.json", "inference_onnx.json"], onnx_file=str(exported["onnx"]))
+    auto = _infer(exported, "auto", ["inference.json"], onnx_file=str(exported["onnx"]))  # the default backend
     labels = exported["data"] / "labelsTr"
-    dice = {name: mean_dice(folder, labels) for name, folder in (("eager", eager), ("ts", script), ("onnx", onnx))}
+    runs = (("eager", eager), ("ts", script), ("onnx", onnx), ("auto", auto))
+    dice = {name: mean_dice(folder, labels) for name, folder in runs}
     assert dice["eager"] > 0.75, f"the masks must be non-trivial for the comparison to mean anything: {dice}"
-    for name, folder in (("ts", script), ("onnx", onnx)):
+    for name, folder in runs[1:]:
         agreement = mask_agreement(eager, folder)
         print(f"{name}: agreement {agreement}, dice {dice[name]:.5f} vs eager {dice['eager']:.5f}")
         assert agreement["n_images"] == 20
@@ -167,3 +170,24 @@ def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
     with caplog.at_level("WARNING"):
         OnnxInferer(unstamped, checkpoint=retrained)
     assert "does not record the checkpoint" in caplog.text
+
+
+def test_backend_auto_runs_onnx_only_where_faster_and_matching(exported: dict[str, Path], tmp_path: Path) -> None:
+    """``backend: auto`` picks ONNX Runtime on a CPU without native bf16 and a matching export, else PyTorch."""
+    use_bundle(NAME)
+    from scripts.engines import cpu_supports_bf16
+    from scripts.onnx_inferer import OnnxInferer, select_base
+
+    checkpoint = exported["models"] / "model.pt"
+    auto = select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1)
+    assert isinstance(auto, OnnxInferer) if not cpu_supports_bf16() else auto is None
+    assert select_base("torch", exported["onnx"], checkpoint) is None
+    assert isinstance(select_base("onnx", exported["onnx"], checkpoint, threads=1), OnnxInferer)
+    assert select_base("auto", tmp_path / "none.onnx", checkpoint) is None  # nothing exported
+    retrained = tmp_path / "model.pt"
+    torch.save({k: v + 1 if torch.is_floating_point(v) else v for k, v in torch.load(checkpoint).items()}, retrained)
+    assert select_base("auto", exported["onnx"], retrained) is None  # stale export: PyTorch, not the old weights
+    with pytest.raises(ValueError, match="exported from another checkpoint"):
+        select_base("onnx", exported["onnx"], retrained)
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
+        select_base("tensorrt", exported["onnx"], checkpoint)

@@ -43,8 +43,8 @@ def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
         logger.warning(
             "amp=True, but this CPU has no native bf16 (AVX512-BF16/AMX): running in fp32 (where native, bf16 "
             "trained 1.4x faster per epoch; README, Speed). For faster CPU inference here, export the model "
-            "(scripts/export_bundle.py) and use configs/inference_onnx.json. amp='bf16' forces emulated bf16, "
-            "which is many times slower."
+            "(scripts/export_bundle.py): inference's default backend 'auto' then runs it with ONNX Runtime. "
+            "amp='bf16' forces emulated bf16, which is many times slower."
         )
     return None
 
