@@ -121,8 +121,13 @@ class OnnxInferer(Inferer):
         if checkpoint is not None and Path(str(checkpoint)).is_file():
             self._check_source(path, Path(str(checkpoint)))
 
+    @property
+    def source(self) -> str | None:
+        """The sha256 of the checkpoint this model was exported from, as stamped by :func:`stamp_source`, or None."""
+        return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+
     def _check_source(self, path: Path, checkpoint: Path) -> None:
-        recorded = self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        recorded = self.source
         if recorded is None:
             logger.warning(
                 f"{path} does not record the checkpoint it was exported from; re-export to enable the check."
@@ -169,15 +174,17 @@ def select_base(
 
     if torch.device(device).type != "cpu" or cpu_supports_bf16():
         return None
-    reason = None
+    inferer, reason = None, None
     if not _has_ort:
         reason = "onnxruntime is not installed"
     elif not Path(str(onnx_file)).is_file():
         reason = f"no {onnx_file} (export it with scripts/export_bundle.py)"
-    elif not Path(str(checkpoint)).is_file() or recorded_source(onnx_file) != checkpoint_sha256(checkpoint):
-        reason = f"{onnx_file} was not exported from {checkpoint} (re-export after training)"
+    else:  # one read of the model and one hash of the checkpoint
+        inferer = OnnxInferer(onnx_file, threads=threads, in_channels=in_channels)
+        if not Path(str(checkpoint)).is_file() or inferer.source != checkpoint_sha256(checkpoint):
+            reason = f"{onnx_file} was not exported from {checkpoint} (re-export after training)"
     if reason:
         logger.info(f"backend auto: PyTorch on this CPU without native bf16, as {reason}.")
         return None
     logger.info(f"backend auto: ONNX Runtime ({onnx_file}) on this CPU without native bf16.")
-    return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint)
+    return inferer
