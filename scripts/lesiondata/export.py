@@ -126,9 +126,6 @@ def check_onnx_source(bundle: str | Path, onnx_file: str | Path, checkpoint: str
         ValueError: a stale export (the model was retrained after it); the message says how to re-export.
     """
     tools = _onnx_tools(resolve_bundle(bundle))
-    recorded = tools.recorded_source(onnx_file)
-    if recorded is not None and recorded != tools.checkpoint_sha256(checkpoint):
-        raise ValueError(
-            f"{onnx_file} was exported from another checkpoint than {checkpoint} (retrained since?): re-export with "
-            f"`python scripts/export_bundle.py --bundle <bundle> --ckpt_dir {Path(checkpoint).parent}` first."
-        )
+    message = tools.stale_message(onnx_file, tools.recorded_source(onnx_file), checkpoint)
+    if message:
+        raise ValueError(message)

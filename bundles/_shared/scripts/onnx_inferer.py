@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_sha256",
     "recorded_source",
     "select_base",
+    "stale_message",
     "stamp_source",
 ]
 
@@ -65,6 +66,18 @@ def recorded_source(onnx_file: str | Path) -> str | None:
 
     model = onnx.load(str(onnx_file), load_external_data=False)
     return next((p.value for p in model.metadata_props if p.key == SOURCE_KEY), None)
+
+
+def stale_message(onnx_file: str | Path, recorded: str | None, checkpoint: str | Path) -> str | None:
+    """What to do when ``onnx_file`` (stamp ``recorded``) was exported from another checkpoint than ``checkpoint``;
+    None when it matches or records nothing (an unstamped export cannot be checked)."""
+    if recorded is None or recorded == checkpoint_sha256(checkpoint):
+        return None
+    return (
+        f"{onnx_file} was exported from another checkpoint than {checkpoint} (retrained since the export?): "
+        f"re-export with `python scripts/export_bundle.py --bundle <bundle> --ckpt_dir {Path(str(checkpoint)).parent}`, "
+        "or point onnx_file and ckpt_dir at a matching pair."
+    )
 
 
 class OnnxInferer(Inferer):
@@ -132,12 +145,8 @@ class OnnxInferer(Inferer):
             logger.warning(
                 f"{path} does not record the checkpoint it was exported from; re-export to enable the check."
             )
-        elif recorded != checkpoint_sha256(checkpoint):
-            raise ValueError(
-                f"{path} was exported from another checkpoint than {checkpoint} (retrained since the export?): "
-                "re-export with `python scripts/export_bundle.py --bundle <bundle> --ckpt_dir <folder of model.pt>`, "
-                "or point onnx_file and ckpt_dir at a matching pair."
-            )
+        elif message := stale_message(path, recorded, checkpoint):
+            raise ValueError(message)
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``."""
