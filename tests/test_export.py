@@ -129,6 +129,14 @@ def test_onnx_inferer_names_what_is_wrong(exported: dict[str, Path], tmp_path: P
     assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
 
 
+def _retrain(checkpoint: Path, target: Path) -> None:
+    """Write other weights of the same network to ``target`` (as a retraining would), atomically."""
+    state = torch.load(checkpoint, map_location="cpu")
+    state = {k: v + 1 if torch.is_floating_point(v) else v for k, v in state.items()}
+    torch.save(state, target.with_suffix(".tmp"))
+    target.with_suffix(".tmp").replace(target)
+
+
 def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
     exported: dict[str, Path], tmp_path: Path, caplog
 ) -> None:
@@ -144,9 +152,7 @@ def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
     OnnxInferer(exported["onnx"], checkpoint=checkpoint)  # the matching pair loads
 
     retrained = tmp_path / "model.pt"
-    state = torch.load(checkpoint, map_location="cpu")
-    state = {k: v + 1 if torch.is_floating_point(v) else v for k, v in state.items()}
-    torch.save(state, retrained)
+    _retrain(checkpoint, retrained)
     with pytest.raises(ValueError, match="exported from another checkpoint.*export_bundle.py"):
         OnnxInferer(exported["onnx"], checkpoint=retrained)
     OnnxInferer(exported["onnx"], checkpoint=tmp_path / "absent.pt")  # ONNX-only deployment: nothing to check
@@ -185,9 +191,48 @@ def test_backend_auto_runs_onnx_only_where_faster_and_matching(exported: dict[st
     assert isinstance(select_base("onnx", exported["onnx"], checkpoint, threads=1), OnnxInferer)
     assert select_base("auto", tmp_path / "none.onnx", checkpoint) is None  # nothing exported
     retrained = tmp_path / "model.pt"
-    torch.save({k: v + 1 if torch.is_floating_point(v) else v for k, v in torch.load(checkpoint).items()}, retrained)
-    assert select_base("auto", exported["onnx"], retrained) is None  # stale export: PyTorch, not the old weights
+    _retrain(checkpoint, retrained)
+    if not cpu_supports_bf16():  # stale export: PyTorch, not the old weights
+        assert "exported from another checkpoint" in select_base("auto", exported["onnx"], retrained).stale
     with pytest.raises(ValueError, match="exported from another checkpoint"):
         select_base("onnx", exported["onnx"], retrained)
     with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
         select_base("tensorrt", exported["onnx"], checkpoint)
+
+
+def test_a_running_onnx_inferer_follows_retraining_and_re_export(exported: dict[str, Path], tmp_path: Path) -> None:
+    """A long-running process (the label app) whose ``model.pt`` is retrained never runs the stale export: ``auto``
+    falls back to the PyTorch network until the re-export, which it then picks up; ``onnx`` stops with the
+    re-export message."""
+    use_bundle(NAME)
+    from scripts.onnx_inferer import OnnxInferer, stamp_source
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(exported["models"] / "model.pt", models / "model.pt")
+    shutil.copy(exported["onnx"], models / "model.onnx")
+    auto = OnnxInferer(models / "model.onnx", threads=1, checkpoint=models / "model.pt", on_stale="torch")
+    forced = OnnxInferer(models / "model.onnx", threads=1, checkpoint=models / "model.pt")
+    calls: list[int] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.full((len(x), 2, *x.shape[2:]), 7.0)
+
+    batch = torch.rand(2, 3, 64, 64)
+    assert auto.stale is None and not torch.all(auto(batch, network) == 7.0) and calls == []
+
+    _retrain(models / "model.pt", models / "model.pt")  # the label app publishes new weights
+    assert torch.all(auto(batch, network) == 7.0) and calls == [2]
+    assert "exported from another checkpoint" in auto.stale
+    with pytest.raises(ValueError, match="exported from another checkpoint.*export_bundle.py"):
+        forced(batch, network)
+
+    stamp_source(models / "model.onnx", models / "model.pt")  # stands in for the re-export of the new weights
+    assert not torch.all(auto(batch, network) == 7.0) and calls == [2] and auto.stale is None
+    assert forced(batch).shape == (2, 2, 64, 64)
+    (models / "model.pt").unlink()  # nothing to check against: auto runs PyTorch, forced ONNX-only serves
+    assert torch.all(auto(batch, network) == 7.0) and "no checkpoint" in auto.stale
+    assert forced(batch).shape == (2, 2, 64, 64)
+    with pytest.raises(RuntimeError, match="no PyTorch network"):
+        auto(batch)

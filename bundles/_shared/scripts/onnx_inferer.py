@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,12 @@ class OnnxInferer(Inferer):
     """A callable taking the preprocessed batch ``(B, C, H, W)`` and returning the ONNX model's logits as a tensor.
 
     The output has the input's type, device and metadata (as a network's output would), so ``Invertd`` and
-    ``SaveImaged`` work unchanged. The ``network`` argument of MONAI's inferer interface is ignored.
+    ``SaveImaged`` work unchanged. The ``network`` argument of MONAI's inferer interface is only used to fall back
+    on (``on_stale="torch"``).
+
+    The model is checked against ``checkpoint`` when it loads and again whenever either file changes on disk (two
+    ``stat`` calls per batch otherwise), so a long-running server (the label app) that retrains ``model.pt`` never
+    serves the old weights from a stale export, and picks up a re-export without a restart.
 
     Args:
         path: the ``.onnx`` file (``models/model.onnx``).
@@ -92,13 +98,16 @@ class OnnxInferer(Inferer):
         providers: execution providers; default ``["CPUExecutionProvider"]``.
         in_channels: when given, checked against the model's input so a wrong file fails with a clear message.
         checkpoint: the ``model.pt`` the model should have been exported from (``<ckpt_dir>/model.pt``); when the
-            file exists and the model records its source (:func:`stamp_source`), a mismatch is an error. Absent
-            (an ONNX-only deployment) or unrecorded (an older export, logged), nothing is checked.
+            file exists and the model records its source (:func:`stamp_source`), a mismatch makes the model stale.
+            Absent (an ONNX-only deployment) or unrecorded (an older export, logged), nothing is checked, except
+            with ``on_stale="torch"``, which runs ONNX Runtime only on a verified match.
+        on_stale: ``"error"``: a stale model raises (at load, or at the first batch after ``model.pt`` changed);
+            ``"torch"``: batches go to the PyTorch ``network`` until the model matches again (``backend: auto``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ImportError: onnxruntime is not installed.
-        ValueError: the model's input channels differ from ``in_channels``.
+        ValueError: the model's input channels differ from ``in_channels``; a stale model with ``on_stale="error"``.
     """
 
     def __init__(
@@ -108,51 +117,126 @@ class OnnxInferer(Inferer):
         providers: list[str] | None = None,
         in_channels: int | None = None,
         checkpoint: str | Path | None = None,
+        on_stale: str = "error",
     ) -> None:
         super().__init__()
-        path = Path(str(path))
-        if not path.is_file():
+        self.path = Path(str(path))
+        if not self.path.is_file():
             raise FileNotFoundError(
-                f"{path} not found: export it with `python scripts/export_bundle.py --bundle <bundle>` or set onnx_file."
+                f"{self.path} not found: export it with `python scripts/export_bundle.py --bundle <bundle>` or set "
+                "onnx_file."
             )
         if not _has_ort:
             raise ImportError("inference_onnx.json needs onnxruntime: pip install onnxruntime==1.23.2")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        # idle intra-op threads would spin after each run and take the cores from the pre- and post-processing
-        # that run between images (end to end at 2 threads: spinning made ONNX Runtime no faster than eager)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-        )
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        channels = model_input.shape[1] if len(model_input.shape) > 1 else None
-        if in_channels is not None and isinstance(channels, int) and channels != int(in_channels):
-            raise ValueError(f"{path} takes {channels}-channel images but in_channels is {in_channels}.")
-        if checkpoint is not None and Path(str(checkpoint)).is_file():
-            self._check_source(path, Path(str(checkpoint)))
+        if on_stale not in ("error", "torch"):
+            raise ValueError(f"on_stale must be 'error' or 'torch'; got {on_stale!r}.")
+        self.threads, self.providers, self.in_channels = int(threads), providers, in_channels
+        self.checkpoint = Path(str(checkpoint)) if checkpoint is not None else None
+        self.on_stale = on_stale
+        self.session: Any = None
+        self.stale: str | None = None  #: why the ONNX model does not serve now (``on_stale="torch"``), or None
+        self._seen: tuple | None = None
+        self._lock = threading.Lock()
+        self.refresh()
 
     @property
     def source(self) -> str | None:
         """The sha256 of the checkpoint this model was exported from, as stamped by :func:`stamp_source`, or None."""
         return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
-    def _check_source(self, path: Path, checkpoint: Path) -> None:
+    def _files(self) -> tuple:
+        return tuple(_file_state(p) for p in (self.path, self.checkpoint))
+
+    def _load(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # idle intra-op threads would spin after each run and take the cores from the pre- and post-processing
+        # that run between images (end to end at 2 threads: spinning made ONNX Runtime no faster than eager)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(
+            str(self.path), sess_options=options, providers=self.providers or ["CPUExecutionProvider"]
+        )
+        model_input = session.get_inputs()[0]
+        channels = model_input.shape[1] if len(model_input.shape) > 1 else None
+        if self.in_channels is not None and isinstance(channels, int) and channels != int(self.in_channels):
+            raise ValueError(f"{self.path} takes {channels}-channel images but in_channels is {self.in_channels}.")
+        self.session, self.input_name = session, model_input.name
+
+    def _why_stale(self) -> str | None:
+        """Why the loaded model must not serve (None: it may)."""
+        has_checkpoint = self.checkpoint is not None and self.checkpoint.is_file()
         recorded = self.source
+        if self.on_stale == "torch":
+            if not has_checkpoint:
+                return f"no checkpoint {self.checkpoint} to check {self.path} against"
+            if recorded is None:
+                return f"{self.path} does not record the checkpoint it was exported from (re-export it)"
+        if not has_checkpoint:
+            return None
         if recorded is None:
             logger.warning(
-                f"{path} does not record the checkpoint it was exported from; re-export to enable the check."
+                f"{self.path} does not record the checkpoint it was exported from; re-export to enable the check."
             )
-        elif message := stale_message(path, recorded, checkpoint):
-            raise ValueError(message)
+            return None
+        return stale_message(self.path, recorded, self.checkpoint)
+
+    def refresh(self) -> str | None:
+        """Reload the model and re-check it against the checkpoint if either file changed since the last check.
+
+        Returns:
+            Why batches go to PyTorch (``on_stale="torch"``), or None while the ONNX model serves.
+
+        Raises:
+            ValueError: the model is stale and ``on_stale="error"``.
+        """
+        files = self._files()
+        if files == self._seen:
+            return self.stale
+        with self._lock:
+            if files == self._seen:
+                return self.stale
+            before = self.stale
+            try:
+                if self._seen is None or files[0] != self._seen[0]:
+                    if files[0] is None:
+                        raise FileNotFoundError(f"{self.path} was removed")
+                    self._load()
+                stale = self._why_stale()
+            except Exception as error:  # a file being rewritten: PyTorch until it is complete
+                if self.on_stale == "error" or self.session is None and self._seen is None:
+                    raise
+                stale = f"{self.path} could not be read ({error})"
+            if stale and self.on_stale == "error":
+                raise ValueError(stale)
+            self._seen, self.stale = files, stale
+            if stale:
+                logger.warning(f"ONNX Runtime paused, the PyTorch network runs: {stale}.")
+            elif self.on_stale == "torch" or before:
+                logger.info(f"ONNX Runtime runs {self.path} (exported from {self.checkpoint}).")
+            return stale
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``."""
+        """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``; the PyTorch
+        ``network``'s while the model is stale (``on_stale="torch"``)."""
+        if self.refresh() is not None:
+            if network is None:
+                raise RuntimeError(f"{self.stale}, and no PyTorch network was given to fall back on.")
+            return network(inputs, *args, **kwargs)
         array = np.ascontiguousarray(convert_to_numpy(inputs, dtype=np.float32))
         logits = self.session.run(None, {self.input_name: array})[0]
         return convert_to_dst_type(torch.from_numpy(logits), inputs, dtype=torch.float32)[0]
+
+
+def _file_state(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten or replaced (inode, mtime, size); None for no file."""
+    if path is None:
+        return None
+    try:
+        state = path.stat()
+    except OSError:
+        return None
+    return state.st_ino, state.st_mtime_ns, state.st_size
 
 
 def select_base(
@@ -166,12 +250,14 @@ def select_base(
     """The inference ``backend`` key: the base inferer for :class:`scripts.uncertainty.FlipTTAInferer`.
 
     * ``torch``: None (the PyTorch network, with ``amp``).
-    * ``onnx``: :class:`OnnxInferer` on ``onnx_file``; a missing, mismatched or stale file is an error.
+    * ``onnx``: :class:`OnnxInferer` on ``onnx_file``; a missing, mismatched or stale file is an error, also when
+      ``checkpoint`` changes while the workflow runs.
     * ``auto``: ONNX Runtime only where it measured faster and is known to hold the same weights: on a CPU
       without native bf16 (there ONNX Runtime was 1.10-1.30x faster end to end at 2 threads, 1.25-1.59x at one;
       with native bf16 or on CUDA, PyTorch's ``amp`` is faster), with onnxruntime installed and an ``onnx_file``
-      stamped with the sha256 of ``checkpoint``. Anything else (no export, an export of older weights after
-      retraining, an unstamped one) runs PyTorch, and the reason is logged.
+      stamped with the sha256 of ``checkpoint``. While the export does not match (an export of older weights
+      after retraining, an unstamped one), the PyTorch network runs, and the reason is logged; a re-export is
+      picked up without a restart (:meth:`OnnxInferer.refresh`). Without an export, or elsewhere: PyTorch.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
@@ -183,17 +269,8 @@ def select_base(
 
     if torch.device(device).type != "cpu" or cpu_supports_bf16():
         return None
-    inferer, reason = None, None
-    if not _has_ort:
-        reason = "onnxruntime is not installed"
-    elif not Path(str(onnx_file)).is_file():
-        reason = f"no {onnx_file} (export it with scripts/export_bundle.py)"
-    else:  # one read of the model and one hash of the checkpoint
-        inferer = OnnxInferer(onnx_file, threads=threads, in_channels=in_channels)
-        if not Path(str(checkpoint)).is_file() or inferer.source != checkpoint_sha256(checkpoint):
-            reason = f"{onnx_file} was not exported from {checkpoint} (re-export after training)"
-    if reason:
+    if not _has_ort or not Path(str(onnx_file)).is_file():
+        reason = "onnxruntime is not installed" if not _has_ort else f"no {onnx_file} (export it: export_bundle.py)"
         logger.info(f"backend auto: PyTorch on this CPU without native bf16, as {reason}.")
         return None
-    logger.info(f"backend auto: ONNX Runtime ({onnx_file}) on this CPU without native bf16.")
-    return inferer
+    return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch")
