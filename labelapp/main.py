@@ -15,6 +15,8 @@ Start (offline, loopback only; see ``labelapp/README.md``)::
   ``epistemic_max_samples`` (0 = all): MC-dropout scoring.
 - ``infer_threads`` (1): torch intra-op threads for inference and scoring; ``0`` keeps torch's default (all cores).
 - ``skip_trainers``: ``true`` to serve inference only.
+- ``export_onnx`` (``auto``): re-export ``models/model.onnx`` after each training: ``auto`` when an export exists,
+  ``true`` always, ``false`` never (see ``lib/train.py``).
 """
 
 # The compatibility shims must be installed before any MONAI Label task module is imported.

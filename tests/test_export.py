@@ -17,7 +17,7 @@ from bundle_utils import (
     use_bundle,
 )
 
-from lesiondata.export import ONNX_CONVERTER_KWARGS, export_bundle, export_commands
+from lesiondata.export import export_bundle, export_commands
 from lesiondata.maskstats import mask_agreement, mean_dice
 
 NAME = "ph2_melanoma"
@@ -102,6 +102,7 @@ def test_default_networks_export_with_dynamic_shapes(network: str, channels: int
 
     use_bundle("trus_prostate")
     from scripts.networks import build_network
+    from scripts.onnx_inferer import ONNX_CONVERTER_KWARGS
 
     torch.manual_seed(0)
     net = build_network(network, channels, 2, dropout=0.1).eval()
@@ -189,7 +190,8 @@ def test_backend_auto_runs_onnx_only_where_faster_and_matching(exported: dict[st
     assert isinstance(auto, OnnxInferer) if not cpu_supports_bf16() else auto is None
     assert select_base("torch", exported["onnx"], checkpoint) is None
     assert isinstance(select_base("onnx", exported["onnx"], checkpoint, threads=1), OnnxInferer)
-    assert select_base("auto", tmp_path / "none.onnx", checkpoint) is None  # nothing exported
+    if not cpu_supports_bf16():  # nothing exported (yet): PyTorch
+        assert select_base("auto", tmp_path / "none.onnx", checkpoint).stale.startswith("no ")
     retrained = tmp_path / "model.pt"
     _retrain(checkpoint, retrained)
     if not cpu_supports_bf16():  # stale export: PyTorch, not the old weights
@@ -210,9 +212,7 @@ def test_a_running_onnx_inferer_follows_retraining_and_re_export(exported: dict[
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(exported["models"] / "model.pt", models / "model.pt")
-    shutil.copy(exported["onnx"], models / "model.onnx")
     auto = OnnxInferer(models / "model.onnx", threads=1, checkpoint=models / "model.pt", on_stale="torch")
-    forced = OnnxInferer(models / "model.onnx", threads=1, checkpoint=models / "model.pt")
     calls: list[int] = []
 
     def network(x: torch.Tensor) -> torch.Tensor:
@@ -220,19 +220,42 @@ def test_a_running_onnx_inferer_follows_retraining_and_re_export(exported: dict[
         return torch.full((len(x), 2, *x.shape[2:]), 7.0)
 
     batch = torch.rand(2, 3, 64, 64)
-    assert auto.stale is None and not torch.all(auto(batch, network) == 7.0) and calls == []
+    assert torch.all(auto(batch, network) == 7.0) and calls == [2] and auto.stale.startswith("no ")  # not exported
+    shutil.copy(exported["onnx"], models / "model.onnx")  # exported while the process runs
+    forced = OnnxInferer(models / "model.onnx", threads=1, checkpoint=models / "model.pt")
+    assert not torch.all(auto(batch, network) == 7.0) and calls == [2] and auto.stale is None
 
     _retrain(models / "model.pt", models / "model.pt")  # the label app publishes new weights
-    assert torch.all(auto(batch, network) == 7.0) and calls == [2]
+    assert torch.all(auto(batch, network) == 7.0) and calls == [2, 2]
     assert "exported from another checkpoint" in auto.stale
     with pytest.raises(ValueError, match="exported from another checkpoint.*export_bundle.py"):
         forced(batch, network)
 
     stamp_source(models / "model.onnx", models / "model.pt")  # stands in for the re-export of the new weights
-    assert not torch.all(auto(batch, network) == 7.0) and calls == [2] and auto.stale is None
+    assert not torch.all(auto(batch, network) == 7.0) and calls == [2, 2] and auto.stale is None
     assert forced(batch).shape == (2, 2, 64, 64)
     (models / "model.pt").unlink()  # nothing to check against: auto runs PyTorch, forced ONNX-only serves
     assert torch.all(auto(batch, network) == 7.0) and "no checkpoint" in auto.stale
     assert forced(batch).shape == (2, 2, 64, 64)
     with pytest.raises(RuntimeError, match="no PyTorch network"):
         auto(batch)
+
+
+def test_a_bundle_exports_itself_in_process_as_the_cli_does(exported: dict[str, Path], tmp_path: Path) -> None:
+    """``scripts.onnx_inferer.export_onnx`` (the label app's re-export after retraining, no repository needed) gives
+    the model of ``scripts/export_bundle.py``, stamped, and leaves no partial file."""
+    import onnxruntime as ort
+
+    from lesiondata.bundles import BUNDLES_DIR
+
+    use_bundle(NAME)
+    from scripts.onnx_inferer import OnnxInferer, checkpoint_sha256, export_onnx
+
+    checkpoint = exported["models"] / "model.pt"
+    target = tmp_path / "model.onnx"
+    sha = export_onnx(BUNDLES_DIR / NAME, checkpoint, target, 3, [64, 64])
+    assert sha == checkpoint_sha256(checkpoint) and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert OnnxInferer(target, threads=1, checkpoint=checkpoint, on_stale="torch").stale is None
+    batch = np.random.default_rng(0).random((1, 3, 80, 96), dtype=np.float32)
+    ours, cli = (ort.InferenceSession(str(p)).run(None, {"image": batch})[0] for p in (target, exported["onnx"]))
+    np.testing.assert_allclose(ours, cli, atol=1e-5)

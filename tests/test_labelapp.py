@@ -373,6 +373,35 @@ def test_a_new_label_is_used_by_the_next_training_which_changes_the_model(
     assert sitk.ReadImage(result).GetSize() == (WIDTH, HEIGHT)
 
 
+def test_training_re_exports_the_onnx_model_that_inference_then_runs(server: dict, client, trained: dict) -> None:
+    """With an export beside the weights (``--conf export_onnx auto``), a training re-exports it from the new
+    ``model.pt``; inference (``backend: auto``) never runs a stale export and, on a CPU without native bf16, runs
+    the new one with ONNX Runtime."""
+    import onnx
+    from bundle_utils import use_bundle
+
+    from lesiondata.export import export_bundle
+
+    models = server["model"].parent
+    export_bundle(models.parent, ckpt_dir=models, formats="onnx", quiet=True, spatial_size=OVERRIDES["spatial_size"])
+    use_bundle(BUNDLE)
+    from scripts.engines import cpu_supports_bf16
+    from scripts.onnx_inferer import SOURCE_KEY
+
+    before = sha256(models / "model.onnx")
+    stats = train(server, epochs=1)
+    assert "onnx_export_error" not in stats, stats["onnx_export_error"]
+    assert stats["onnx"] == str(models / "model.onnx") and stats["onnx_export_s"] < 120
+    stamp = {p.key: p.value for p in onnx.load(str(models / "model.onnx")).metadata_props}[SOURCE_KEY]
+    assert stamp == sha256(server["model"]) and sha256(models / "model.onnx") != before
+    assert not list(models.glob(".model.onnx.*"))  # written beside and renamed into place
+    result, _ = client.infer(BUNDLE, HELD_OUT[0], {"result_extension": ".nrrd", "result_dtype": "uint8"})
+    assert sitk.ReadImage(result).GetSize() == (WIDTH, HEIGHT)
+    log = server["log"].read_text(errors="replace")
+    if not cpu_supports_bf16():
+        assert f"ONNX Runtime runs {models / 'model.onnx'}" in log, _log_tail(server)
+
+
 def test_multi_gpu_training_path_runs_torchrun_and_publishes(server: dict, trained: dict) -> None:
     """MONAI Label's multi-GPU route (torchrun over ``multi_gpu_train.json``), forced on the CPU: two gloo ranks."""
     before = sha256(server["model"])
@@ -416,6 +445,8 @@ def test_epistemic_scoring_scores_unlabelled_images(server: dict, client, traine
     unlabelled = [k for k, v in objects.items() if "final" not in v["labels"]]
     scores = [objects[k]["image"]["info"].get(f"epistemic_entropy_{BUNDLE}") for k in unlabelled]
     assert all(isinstance(s, float) and s >= 0 for s in scores), scores
+    # MC dropout samples differ (an exported model, served by backend auto, has no dropout: every entropy 0 there)
+    assert any(s > 0 for s in scores), scores
     assert client.next_sample("epistemic", {})["id"] in unlabelled
 
 

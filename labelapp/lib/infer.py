@@ -13,7 +13,8 @@ Differences from ``BundleInferTask`` (MONAI Label 0.8.5):
   than torch's default (all cores) as soon as anything else (training, another request) competes for the cores.
 - ``mc_dropout=True`` runs the network in eval mode with only its dropout layers active (Monte-Carlo dropout for
   epistemic scoring; normalisation layers keep their inference behaviour), at the bundle's own ``dropout`` rate
-  unless one is given (:data:`DEFAULT_MC_DROPOUT` where the bundle has none).
+  unless one is given (:data:`DEFAULT_MC_DROPOUT` where the bundle has none), always in PyTorch (``backend:
+  torch``: an exported ONNX model has no dropout, so every sample would be the same).
 - The bundle's ``output_dir`` is replaced, so post-transforms that write files (the findings writer) never write
   into the bundle folder; findings the bundle computes (``pred_findings``) are returned in the result JSON.
 """
@@ -135,6 +136,8 @@ class LesionInferTask(BundleInferTask):
                 self.bundle_config["output_dir"] = output_dir
             for key, value in (overrides or {}).items():
                 self.bundle_config[key] = value
+            if mc_dropout and "backend" in self.bundle_config.config:
+                self.bundle_config["backend"] = "torch"  # an exported model has no dropout to sample
             self.dropout = self._configure_mc_dropout(dropout) if mc_dropout else 0.0
             network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
 

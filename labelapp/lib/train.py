@@ -19,13 +19,20 @@ Differences from ``BundleTrainTask`` (MONAI Label 0.8.5):
   folder instead of the bundle's ``configs/``, torchrun is started as ``python -m torch.distributed.run`` of this
   interpreter, and a failed run raises instead of being reported as finished. On a machine without CUDA,
   ``force_multi_gpu`` runs ``cpu_processes`` (default 2) gloo ranks, so the route can be exercised on a CPU.
-- ``stats()`` (``/info`` ``train_stats``) reports the last finished run: images used, epochs, published file.
+- After publishing, ``models/model.onnx`` is re-exported from the new weights (``--conf export_onnx``: ``auto``,
+  the default, when an export exists; ``true`` always; ``false`` never), in the bundle's own way
+  (``scripts/onnx_inferer.py::export_onnx``) and renamed into place, so inference with ``backend: auto`` keeps the
+  faster ONNX Runtime on a CPU without native bf16. Until then, and if the export fails (logged, the new
+  ``model.pt`` still serves), inference runs the new weights in PyTorch, never the old export.
+- ``stats()`` (``/info`` ``train_stats``) reports the last finished run: images used, epochs, published file,
+  the ONNX re-export (file and seconds, or its error).
 """
 
 from __future__ import annotations
 
 import copy
 import glob
+import importlib
 import json
 import logging
 import os
@@ -37,15 +44,22 @@ import time
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
+from monailabel.utils.others.generic import strtobool
+
+from .infer import bundle_on_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LesionTrainTask"]
+__all__ = ["CONF_EXPORT_ONNX", "LesionTrainTask"]
 
 FINAL_FILENAME = "model_final.pt"
 STATS_FILENAME = "train_stats.json"
+ONNX_FILENAME = "model.onnx"
+#: ``--conf`` key: re-export ``models/model.onnx`` after training (``auto``: when one exists; ``true``; ``false``).
+CONF_EXPORT_ONNX = "export_onnx"
 
 
 class _Constants(BundleConstants):
@@ -98,6 +112,11 @@ class LesionTrainTask(BundleTrainTask):
         self._staging = ""
         self._savers: list[dict[str, Any]] = []
         self._datalists: dict[str, list | None] = {"train": [], "val": []}
+        mode = str(conf.get(CONF_EXPORT_ONNX, "auto")).strip().lower()
+        try:
+            self.export_onnx: str | bool = "auto" if mode == "auto" else bool(strtobool(mode))
+        except ValueError:
+            raise ValueError(f"--conf {CONF_EXPORT_ONNX} must be auto, true or false; got {mode!r}") from None
         if self.valid:
             network_key = "net" if "net" in self.bundle_config.config else "network"
             self.const = _Constants(network_key)
@@ -190,6 +209,41 @@ class LesionTrainTask(BundleTrainTask):
                 os.remove(tmp)
         return self.model_path
 
+    def _export_onnx(self) -> dict[str, Any]:
+        """Re-export ``models/model.onnx`` from the published ``model.pt`` where ``--conf export_onnx`` asks for it.
+
+        Returns:
+            ``{}`` when not asked; else ``onnx`` (the file) and ``onnx_export_s``, or ``onnx_export_error``.
+        """
+        target = os.path.join(self.bundle_path, "models", ONNX_FILENAME)
+        if not self.export_onnx or self.export_onnx == "auto" and not os.path.exists(target):
+            return {}
+        start = time.time()
+        try:
+            config = ConfigParser()
+            config.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
+            for key, value in self.overrides.items():
+                config[key] = value
+            with bundle_on_path(self.bundle_path):
+                tools = importlib.import_module("scripts.onnx_inferer")
+                tools.export_onnx(
+                    self.bundle_path,
+                    self.model_path,
+                    target,
+                    config.get_parsed_content("in_channels"),
+                    config.get_parsed_content("spatial_size"),
+                    self.overrides,
+                )
+        except Exception as error:  # the new model.pt serves (in PyTorch) either way
+            logger.error(
+                f"Re-export of {target} failed ({error}); inference runs the new weights in PyTorch. Re-export with "
+                f"`python scripts/export_bundle.py --bundle {self.bundle_path}`"
+            )
+            return {"onnx_export_error": str(error)}
+        seconds = round(time.time() - start, 1)
+        logger.info(f"Re-exported {target} from the new weights in {seconds} s")
+        return {"onnx": target, "onnx_export_s": seconds}
+
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         """Train on the final labels, then publish the new weights; the old model serves until then."""
         start = time.time()
@@ -211,6 +265,7 @@ class LesionTrainTask(BundleTrainTask):
             "val_images": sorted(os.path.basename(d["image"]) for d in self._datalists["val"] or []),
             "start_ts": int(start),
             "end_ts": int(time.time()),
+            **self._export_onnx(),
         }
         _atomic_write_json(os.path.join(self.work_dir, STATS_FILENAME), stats)
         logger.info(f"Published {published} from {checkpoint}")

@@ -4,9 +4,8 @@
   models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json`` (scripted, not traced:
   every registered network scripts; the configs and metadata are stored inside the ``.ts``).
 * ONNX: ``python -m monai.bundle onnx_export network_def ... --use_trace True --input_shape [1, C, H, W]
-  --converter_kwargs {...}`` with the TorchScript-based exporter (``dynamo=False``: torch 2.13's default dynamo
-  exporter needs ``onnxscript``, which is not installed) and dynamic batch, height and width, so the model runs at
-  any ``spatial_size``.
+  --converter_kwargs {...}`` with the bundle's own recipe (``scripts/onnx_inferer.py::onnx_export_args``: the
+  TorchScript-based exporter and dynamic batch, height and width, so the model runs at any ``spatial_size``).
 
 ``configs/inference_onnx.json`` runs the ONNX model with ONNX Runtime; a TorchScript model loads with
 ``torch.jit.load``. ``tests/test_export.py`` checks both against eager inference.
@@ -20,15 +19,9 @@ from typing import Any
 
 from .bundles import config_value, override_args, resolve_bundle, run_monai_bundle
 
-__all__ = ["EXPORT_FORMATS", "ONNX_CONVERTER_KWARGS", "check_onnx_source", "export_bundle", "export_commands"]
+__all__ = ["EXPORT_FORMATS", "check_onnx_source", "export_bundle", "export_commands"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
-ONNX_CONVERTER_KWARGS: dict[str, Any] = {
-    "dynamo": False,
-    "input_names": ["image"],
-    "output_names": ["pred"],
-    "dynamic_axes": {"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
-}
 FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 
 
@@ -46,14 +39,15 @@ def export_commands(
     """
     channels = int(config_value(bundle, "in_channels", **overrides))
     size = [int(s) for s in config_value(bundle, "spatial_size", **overrides)]
-    common = ["--ckpt_file", str(ckpt_file), "--meta_file", "configs/metadata.json"]
-    common += ["--config_file", "configs/inference.json", *override_args(overrides)]
+    onnx = _onnx_tools(resolve_bundle(bundle)).onnx_export_args(channels, size)  # the bundle's own recipe
+    common = ["--ckpt_file", str(ckpt_file), "--meta_file", onnx["meta_file"]]
+    common += ["--config_file", onnx["config_file"], *override_args(overrides)]
     return {
         "torchscript": ["ckpt_export", "network_def", "--filepath", str(Path(out_dir) / FILE_NAMES["torchscript"]), *common],
         "onnx": [
-            "onnx_export", "network_def", "--filepath", str(Path(out_dir) / FILE_NAMES["onnx"]), *common,
-            "--use_trace", "True", "--input_shape", repr([1, channels, *size]),
-            "--converter_kwargs", repr(ONNX_CONVERTER_KWARGS),
+            "onnx_export", onnx["net_id"], "--filepath", str(Path(out_dir) / FILE_NAMES["onnx"]), *common,
+            "--use_trace", str(onnx["use_trace"]), "--input_shape", repr(onnx["input_shape"]),
+            "--converter_kwargs", repr(onnx["converter_kwargs"]),
         ],
     }  # fmt: skip
 

@@ -5,13 +5,18 @@ are the bundle's own, so the masks match eager inference (see ``tests/test_expor
 ``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``). The export records the sha256 of the
 ``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint, :class:`OnnxInferer`
 refuses a model exported from another one (a stale export after retraining would otherwise run the old model).
+
+The export itself is defined here too (:func:`onnx_export_args`, :func:`export_onnx`), so a bundle that travels
+without this repository (a downloaded bundle, the label app's retraining) re-exports itself the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +27,12 @@ from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
 __all__ = [
     "BACKENDS",
+    "ONNX_CONVERTER_KWARGS",
     "SOURCE_KEY",
     "OnnxInferer",
     "checkpoint_sha256",
+    "export_onnx",
+    "onnx_export_args",
     "recorded_source",
     "select_base",
     "stale_message",
@@ -34,7 +42,17 @@ __all__ = [
 ort, _has_ort = optional_import("onnxruntime")
 logger = logging.getLogger(__name__)
 SOURCE_KEY = "source_checkpoint_sha256"
+_EXPORT_HINT = "export it with `python scripts/export_bundle.py --bundle <bundle>`"
 BACKENDS = ("auto", "torch", "onnx")
+#: ``torch.onnx.export`` arguments of every bundle's model: the TorchScript-based exporter (``dynamo=False``: torch
+#: 2.13's default dynamo exporter needs ``onnxscript``, which is not installed) and dynamic batch, height and width,
+#: so the model runs at any ``spatial_size``.
+ONNX_CONVERTER_KWARGS: dict[str, Any] = {
+    "dynamo": False,
+    "input_names": ["image"],
+    "output_names": ["pred"],
+    "dynamic_axes": {"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
+}
 
 
 def checkpoint_sha256(path: str | Path) -> str:
@@ -44,6 +62,54 @@ def checkpoint_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def onnx_export_args(in_channels: int, spatial_size: Sequence[int], bundle_root: str | Path = ".") -> dict[str, Any]:
+    """The arguments of MONAI's ``onnx_export`` (``python -m monai.bundle onnx_export``) for this bundle's network:
+    ``network_def`` of ``configs/inference.json``, traced on a ``[1, in_channels, *spatial_size]`` sample, with
+    :data:`ONNX_CONVERTER_KWARGS`. Paths are under ``bundle_root`` (relative to the bundle folder by default)."""
+    root = Path(str(bundle_root))
+    return {
+        "net_id": "network_def",
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": str(root / "configs" / "inference.json"),
+        "use_trace": True,
+        "input_shape": [1, int(in_channels), *(int(s) for s in spatial_size)],
+        "converter_kwargs": ONNX_CONVERTER_KWARGS,
+    }
+
+
+def export_onnx(
+    bundle_root: str | Path,
+    checkpoint: str | Path,
+    onnx_file: str | Path,
+    in_channels: int,
+    spatial_size: Sequence[int],
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """Export ``checkpoint`` to ``onnx_file`` in this process, stamped (:func:`stamp_source`) and renamed into place
+    in one step, so a running :class:`OnnxInferer` never reads a half-written model; returns the stamp.
+
+    ``overrides`` are the config values the model was trained with (``network``, ``num_classes``, ...). The
+    bundle's ``scripts`` package must be the one importable (run from the bundle folder or with it on ``sys.path``).
+    """
+    from monai.bundle import onnx_export
+
+    target = Path(str(onnx_file))
+    partial = target.with_name(f".{target.name}.exporting")
+    try:
+        onnx_export(
+            filepath=str(partial),
+            ckpt_file=str(checkpoint),
+            **onnx_export_args(in_channels, spatial_size, bundle_root),
+            **(overrides or {}),
+        )
+        sha = stamp_source(partial, checkpoint)
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return sha
 
 
 def stamp_source(onnx_file: str | Path, checkpoint: str | Path) -> str:
@@ -105,7 +171,7 @@ class OnnxInferer(Inferer):
             ``"torch"``: batches go to the PyTorch ``network`` until the model matches again (``backend: auto``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (``on_stale="torch"``: PyTorch runs until it does).
         ImportError: onnxruntime is not installed.
         ValueError: the model's input channels differ from ``in_channels``; a stale model with ``on_stale="error"``.
     """
@@ -121,11 +187,8 @@ class OnnxInferer(Inferer):
     ) -> None:
         super().__init__()
         self.path = Path(str(path))
-        if not self.path.is_file():
-            raise FileNotFoundError(
-                f"{self.path} not found: export it with `python scripts/export_bundle.py --bundle <bundle>` or set "
-                "onnx_file."
-            )
+        if not self.path.is_file() and on_stale != "torch":
+            raise FileNotFoundError(f"{self.path} not found: {_EXPORT_HINT} or set onnx_file.")
         if not _has_ort:
             raise ImportError("inference_onnx.json needs onnxruntime: pip install onnxruntime==1.23.2")
         if on_stale not in ("error", "torch"):
@@ -196,22 +259,23 @@ class OnnxInferer(Inferer):
         with self._lock:
             if files == self._seen:
                 return self.stale
-            before = self.stale
+            before, quiet = self.stale, False
             try:
-                if self._seen is None or files[0] != self._seen[0]:
-                    if files[0] is None:
-                        raise FileNotFoundError(f"{self.path} was removed")
+                if files[0] is None:
+                    raise FileNotFoundError(f"no {self.path} ({_EXPORT_HINT})")
+                if self.session is None or files[0] != self._seen[0]:
                     self._load()
                 stale = self._why_stale()
-            except Exception as error:  # a file being rewritten: PyTorch until it is complete
-                if self.on_stale == "error" or self.session is None and self._seen is None:
+            except Exception as error:  # auto: PyTorch until the export is there, readable and matching
+                if self.on_stale == "error":
                     raise
-                stale = f"{self.path} could not be read ({error})"
+                self.session, quiet = None, isinstance(error, FileNotFoundError)  # not exported: nothing wrong
+                stale = str(error) if quiet else f"{self.path} could not be read ({error})"
             if stale and self.on_stale == "error":
                 raise ValueError(stale)
             self._seen, self.stale = files, stale
             if stale:
-                logger.warning(f"ONNX Runtime paused, the PyTorch network runs: {stale}.")
+                (logger.info if quiet else logger.warning)(f"The PyTorch network runs, not ONNX Runtime: {stale}.")
             elif self.on_stale == "torch" or before:
                 logger.info(f"ONNX Runtime runs {self.path} (exported from {self.checkpoint}).")
             return stale
@@ -256,8 +320,8 @@ def select_base(
       without native bf16 (there ONNX Runtime was 1.10-1.30x faster end to end at 2 threads, 1.25-1.59x at one;
       with native bf16 or on CUDA, PyTorch's ``amp`` is faster), with onnxruntime installed and an ``onnx_file``
       stamped with the sha256 of ``checkpoint``. While the export does not match (an export of older weights
-      after retraining, an unstamped one), the PyTorch network runs, and the reason is logged; a re-export is
-      picked up without a restart (:meth:`OnnxInferer.refresh`). Without an export, or elsewhere: PyTorch.
+      after retraining, an unstamped one, none yet), the PyTorch network runs, and the reason is logged; an export
+      or re-export is picked up without a restart (:meth:`OnnxInferer.refresh`). Elsewhere: PyTorch.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
@@ -269,8 +333,7 @@ def select_base(
 
     if torch.device(device).type != "cpu" or cpu_supports_bf16():
         return None
-    if not _has_ort or not Path(str(onnx_file)).is_file():
-        reason = "onnxruntime is not installed" if not _has_ort else f"no {onnx_file} (export it: export_bundle.py)"
-        logger.info(f"backend auto: PyTorch on this CPU without native bf16, as {reason}.")
+    if not _has_ort:
+        logger.info("backend auto: PyTorch on this CPU without native bf16, as onnxruntime is not installed.")
         return None
     return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch")
