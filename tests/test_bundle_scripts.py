@@ -28,6 +28,7 @@ from scripts.transforms import (  # noqa: E402
     argmax_channels,
     clean_mask,
     diffusion_filter,
+    fill_enclosed,
 )
 from scripts.uncertainty import FlipTTAInferer  # noqa: E402
 
@@ -136,6 +137,18 @@ def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:
     out = clean_mask(mask, 2, keep_largest=True, fill_holes=True)
     assert out[15:17, 25:27].sum() == 0 and out[5:7, 5:7].all() and out[2:12, 2:12].all()
     assert np.array_equal(clean_mask(mask, 2), mask)
+
+
+def test_fill_enclosed_equals_scipys_binary_fill_holes() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:97, :130]
+    disc = (yy - 48) ** 2 + (xx - 60) ** 2 < 35**2
+    for density in (0.2, 0.5, 0.8):
+        noise = ndimage.binary_opening(rng.random(disc.shape) < density)
+        for region in (noise, disc & ~noise, disc | noise, disc, np.zeros_like(disc), np.ones_like(disc)):
+            np.testing.assert_array_equal(fill_enclosed(region), ndimage.binary_fill_holes(region))
 
 
 def test_clean_mask_drops_small_components_and_can_empty_a_mask() -> None:
