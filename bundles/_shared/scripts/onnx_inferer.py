@@ -12,6 +12,7 @@ without this repository (a downloaded bundle, the label app's retraining) re-exp
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -75,7 +76,7 @@ def onnx_export_args(in_channels: int, spatial_size: Sequence[int], bundle_root:
         "config_file": str(root / "configs" / "inference.json"),
         "use_trace": True,
         "input_shape": [1, int(in_channels), *(int(s) for s in spatial_size)],
-        "converter_kwargs": ONNX_CONVERTER_KWARGS,
+        "converter_kwargs": copy.deepcopy(ONNX_CONVERTER_KWARGS),  # MONAI's onnx_export adds its sample to it
     }
 
 
