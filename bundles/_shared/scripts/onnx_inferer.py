@@ -198,6 +198,7 @@ class OnnxInferer(Inferer):
         self.checkpoint = Path(str(checkpoint)) if checkpoint is not None else None
         self.on_stale = on_stale
         self.session: Any = None
+        self.input_name = ""
         self.stale: str | None = None  #: why the ONNX model does not serve now (``on_stale="torch"``), or None
         self._seen: tuple | None = None
         self._lock = threading.Lock()
@@ -284,12 +285,14 @@ class OnnxInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``; the PyTorch
         ``network``'s while the model is stale (``on_stale="torch"``)."""
-        if self.refresh() is not None:
+        stale = self.refresh()
+        session, input_name = self.session, self.input_name  # one consistent pair while another thread refreshes
+        if stale is not None or session is None:
             if network is None:
-                raise RuntimeError(f"{self.stale}, and no PyTorch network was given to fall back on.")
+                raise RuntimeError(f"{stale or self.stale}, and no PyTorch network was given to fall back on.")
             return network(inputs, *args, **kwargs)
         array = np.ascontiguousarray(convert_to_numpy(inputs, dtype=np.float32))
-        logits = self.session.run(None, {self.input_name: array})[0]
+        logits = session.run(None, {input_name: array})[0]
         return convert_to_dst_type(torch.from_numpy(logits), inputs, dtype=torch.float32)[0]
 
 
