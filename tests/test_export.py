@@ -87,6 +87,8 @@ def test_exported_models_match_eager_inference(exported: dict[str, Path]) -> Non
 
 
 def test_torchscript_file_carries_the_bundle_configs(exported: dict[str, Path]) -> None:
+    # written in a staging folder and renamed into place (a running inference never reads a partial file)
+    assert sorted(p.name for p in (exported["root"] / "exported").iterdir()) == ["model.onnx", "model.ts"]
     extra = {"inference.json": "", "metadata.json": ""}
     torch.jit.load(str(exported["torchscript"]), _extra_files=extra)
     assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.networks.build_network"

@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +90,23 @@ def export_bundle(
     if not (ckpt / "model.pt").is_file():
         raise FileNotFoundError(f"{ckpt / 'model.pt'} not found: train the bundle first or pass --ckpt_dir.")
     out.mkdir(parents=True, exist_ok=True)
-    commands = export_commands(root, ckpt / "model.pt", out, **overrides)
-    written = {}
-    for fmt in selected:
-        run_monai_bundle(root, commands[fmt], quiet=quiet)
-        written[fmt] = out / FILE_NAMES[fmt]
-        if not written[fmt].is_file():
-            raise RuntimeError(f"the {fmt} export finished without writing {written[fmt]}.")
-        if fmt == "onnx":  # the bundle's OnnxInferer refuses it once model.pt changes (retraining)
-            _stamp_source(root, written[fmt], ckpt / "model.pt")
+    # written in a folder beside the targets, stamped, then renamed over them: a running inference (the label app,
+    # backend auto) never reads a half-written or not yet stamped model
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".exporting-"))
+    try:
+        commands = export_commands(root, ckpt / "model.pt", staging, **overrides)
+        written = {}
+        for fmt in selected:
+            run_monai_bundle(root, commands[fmt], quiet=quiet)
+            partial = staging / FILE_NAMES[fmt]
+            if not partial.is_file():
+                raise RuntimeError(f"the {fmt} export finished without writing {partial}.")
+            if fmt == "onnx":  # the bundle's OnnxInferer refuses it once model.pt changes (retraining)
+                _stamp_source(root, partial, ckpt / "model.pt")
+            written[fmt] = out / FILE_NAMES[fmt]
+            os.replace(partial, written[fmt])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written
 
 
