@@ -135,7 +135,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (source / "configs" / "inference.json").exists():
         pytest.skip(f"{source} is not in this checkout")
     target = tmp_path_factory.mktemp("bundles") / BUNDLE
-    ignore = shutil.ignore_patterns("*.pt", "*.ts", "eval", "outputs", "runs", "__pycache__")
+    ignore = shutil.ignore_patterns("*.pt", "*.ts", "*.onnx", "eval", "outputs", "runs", "__pycache__")
     shutil.copytree(source, target, symlinks=False, ignore=ignore)
     return target.parent
 
