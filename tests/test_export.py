@@ -243,6 +243,36 @@ def test_a_running_onnx_inferer_follows_retraining_and_re_export(exported: dict[
         auto(batch)
 
 
+def test_onnx_inferer_hands_mc_dropout_sampling_to_pytorch(exported: dict[str, Path]) -> None:
+    """A network sampling dropout (Monte-Carlo dropout for epistemic scoring) runs in PyTorch even where a matching
+    export serves: the export has no dropout, so every sample (and every entropy) would be the same."""
+    use_bundle(NAME)
+    from scripts.networks import enable_mc_dropout, samples_dropout
+    from scripts.onnx_inferer import OnnxInferer
+
+    inferer = OnnxInferer(exported["onnx"], threads=1, checkpoint=exported["models"] / "model.pt", on_stale="torch")
+    assert inferer.stale is None
+    calls: list[int] = []
+
+    class Sampling(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = torch.nn.Dropout2d(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return self.drop(torch.ones(len(x), 2, *x.shape[2:]))
+
+    network, batch = Sampling().eval(), torch.rand(2, 3, 64, 64)
+    assert not samples_dropout(network)
+    inferer(batch, network)
+    assert calls == []  # eval mode: the export serves
+    enable_mc_dropout(network)
+    assert samples_dropout(network)
+    first, second = inferer(batch, network), inferer(batch, network)
+    assert calls == [2, 2] and not torch.equal(first, second)
+
+
 def test_a_bundle_exports_itself_in_process_as_the_cli_does(exported: dict[str, Path], tmp_path: Path) -> None:
     """``scripts.onnx_inferer.export_onnx`` (the label app's re-export after retraining, no repository needed) gives
     the model of ``scripts/export_bundle.py``, stamped, and leaves no partial file."""

@@ -13,14 +13,16 @@ Differences from ``BundleInferTask`` (MONAI Label 0.8.5):
   than torch's default (all cores) as soon as anything else (training, another request) competes for the cores.
 - ``mc_dropout=True`` runs the network in eval mode with only its dropout layers active (Monte-Carlo dropout for
   epistemic scoring; normalisation layers keep their inference behaviour), at the bundle's own ``dropout`` rate
-  unless one is given (:data:`DEFAULT_MC_DROPOUT` where the bundle has none), always in PyTorch (``backend:
-  torch``: an exported ONNX model has no dropout, so every sample would be the same).
+  unless one is given (:data:`DEFAULT_MC_DROPOUT` where the bundle has none), with the bundle's
+  ``scripts.networks.enable_mc_dropout``; the bundle's inferer then always runs the PyTorch network (an exported ONNX
+  model has no dropout, so every sample would be the same).
 - The bundle's ``output_dir`` is replaced, so post-transforms that write files (the findings writer) never write
   into the bundle folder; findings the bundle computes (``pred_findings``) are returned in the result JSON.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -136,9 +138,9 @@ class LesionInferTask(BundleInferTask):
                 self.bundle_config["output_dir"] = output_dir
             for key, value in (overrides or {}).items():
                 self.bundle_config[key] = value
-            if mc_dropout and "backend" in self.bundle_config.config:
-                self.bundle_config["backend"] = "torch"  # an exported model has no dropout to sample
             self.dropout = self._configure_mc_dropout(dropout) if mc_dropout else 0.0
+            #: the bundle's own switch to MC dropout (its inferer then runs the PyTorch network, not an export)
+            self._enable_mc_dropout = importlib.import_module("scripts.networks").enable_mc_dropout
             network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True)
 
         with open(os.path.join(path, "configs", "metadata.json")) as f:
@@ -223,12 +225,7 @@ class LesionInferTask(BundleInferTask):
                 f"POST /train/{self.name}, or put a trained models/model.pt in the bundle"
             )
         network = super()._get_network(device, data)
-        if self.mc_dropout:
-            network.eval()
-            for module in network.modules():
-                if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-                    module.train()
-        return network
+        return self._enable_mc_dropout(network) if self.mc_dropout else network
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         """Write the prediction on the image grid in the requested format (see :mod:`labelapp.lib.writer`)."""

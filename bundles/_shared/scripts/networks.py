@@ -71,6 +71,8 @@ __all__ = [
     "build_encoder",
     "build_network",
     "enable_mc_dropout",
+    "has_dropout",
+    "samples_dropout",
     "fix_monai_encoders",
     "load_weights",
 ]
@@ -834,6 +836,19 @@ def build_network(
         return PresenceGatedNet(net, head, presence_threshold)
 
     return one() if int(ensemble_size) == 1 else MeanEnsembleNet([one() for _ in range(int(ensemble_size))])
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """True when ``model`` has a dropout layer with a non-zero probability (needed for MC dropout)."""
+    return any(isinstance(m, _DROPOUT_TYPES) and m.p > 0 for m in model.modules())
+
+
+def samples_dropout(model: Any) -> bool:
+    """True when ``model`` (a module) has a dropout layer with ``p > 0`` in training mode, as under
+    :func:`enable_mc_dropout`: each forward pass is then a sample, which an exported (ONNX) model cannot give."""
+    return isinstance(model, nn.Module) and any(
+        isinstance(m, _DROPOUT_TYPES) and m.training and m.p > 0 for m in model.modules()
+    )
 
 
 def enable_mc_dropout(model: nn.Module) -> nn.Module:

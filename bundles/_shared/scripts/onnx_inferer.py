@@ -26,6 +26,8 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
+from .networks import samples_dropout
+
 __all__ = [
     "BACKENDS",
     "ONNX_CONVERTER_KWARGS",
@@ -284,7 +286,11 @@ class OnnxInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``; the PyTorch
-        ``network``'s while the model is stale (``on_stale="torch"``)."""
+        ``network``'s while the model is stale (``on_stale="torch"``), and whenever ``network`` samples dropout
+        (Monte-Carlo dropout, :func:`scripts.networks.enable_mc_dropout`): the export, traced in eval mode, has no
+        dropout, so every sample would be the same."""
+        if network is not None and samples_dropout(network):
+            return network(inputs, *args, **kwargs)
         stale = self.refresh()
         session, input_name = self.session, self.input_name  # one consistent pair while another thread refreshes
         if stale is not None or session is None:

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
-from .networks import enable_mc_dropout
+from .networks import enable_mc_dropout, has_dropout
 
 __all__ = [
     "UNCERTAINTY_MODES",
@@ -31,17 +31,11 @@ __all__ = [
     "flip_probabilities",
     "flip_views",
     "foreground_variance",
-    "has_dropout",
     "sample_probabilities",
 ]
 
 UNCERTAINTY_MODES = ("none", "mc_dropout", "flip_tta")
 MAX_FLIP_VIEWS = 8
-
-
-def has_dropout(network: nn.Module) -> bool:
-    """True when ``network`` has a dropout layer with a non-zero probability (needed for MC dropout)."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules())
 
 
 def flip_views(height: int, width: int) -> list[tuple[bool, tuple[int, ...]]]:
