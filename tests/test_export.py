@@ -278,17 +278,26 @@ def test_a_bundle_exports_itself_in_process_as_the_cli_does(exported: dict[str, 
     the model of ``scripts/export_bundle.py``, stamped, and leaves no partial file."""
     import onnxruntime as ort
 
-    from lesiondata.bundles import BUNDLES_DIR
+    from lesiondata.bundles import BUNDLES_DIR, run_monai_bundle
 
     use_bundle(NAME)
-    from scripts.onnx_inferer import ONNX_CONVERTER_KWARGS, OnnxInferer, checkpoint_sha256, export_onnx
+    from scripts.onnx_inferer import ONNX_CONVERTER_KWARGS, OnnxInferer, checkpoint_sha256, export_onnx, recorded_source
 
     checkpoint = exported["models"] / "model.pt"
     target = tmp_path / "model.onnx"
-    sha = export_onnx(BUNDLES_DIR / NAME, checkpoint, target, 3, [64, 64])
+    sha = export_onnx(BUNDLES_DIR / NAME, checkpoint, target, spatial_size=[64, 64])  # in_channels: the config's
     assert sha == checkpoint_sha256(checkpoint) and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     assert "inputs" not in ONNX_CONVERTER_KWARGS  # MONAI's onnx_export adds its sample to the dict it is given
     assert OnnxInferer(target, threads=1, checkpoint=checkpoint, on_stale="torch").stale is None
+    # MONAI's plain `onnx_export` command with the same recipe (export_commands) gives the same model, unstamped
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    run_monai_bundle(NAME, export_commands(NAME, checkpoint, plain, spatial_size=[64, 64])["onnx"], quiet=True)
     batch = np.random.default_rng(0).random((1, 3, 80, 96), dtype=np.float32)
-    ours, cli = (ort.InferenceSession(str(p)).run(None, {"image": batch})[0] for p in (target, exported["onnx"]))
-    np.testing.assert_allclose(ours, cli, atol=1e-5)
+    files = (target, exported["onnx"], plain / "model.onnx")  # in process, export_bundle (the bundle's CLI), MONAI's
+    ours, bundle_cli, monai_cli = (ort.InferenceSession(str(p)).run(None, {"image": batch})[0] for p in files)
+    np.testing.assert_allclose(ours, bundle_cli, atol=1e-5)
+    np.testing.assert_allclose(ours, monai_cli, atol=1e-5)
+    assert recorded_source(plain / "model.onnx") is None and recorded_source(exported["onnx"]) == sha
+    with pytest.raises(RuntimeError, match="nothing.pt not found: train the bundle first"):
+        run_monai_bundle(NAME, ["--ckpt_file", tmp_path / "nothing.pt"], quiet=True, module="scripts.onnx_inferer")

@@ -44,7 +44,6 @@ import time
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 from monailabel.utils.others.generic import strtobool
@@ -220,20 +219,9 @@ class LesionTrainTask(BundleTrainTask):
             return {}
         start = time.time()
         try:
-            config = ConfigParser()
-            config.read_config(os.path.join(self.bundle_path, "configs", "inference.json"))
-            for key, value in self.overrides.items():
-                config[key] = value
             with bundle_on_path(self.bundle_path):
                 tools = importlib.import_module("scripts.onnx_inferer")
-                tools.export_onnx(
-                    self.bundle_path,
-                    self.model_path,
-                    target,
-                    config.get_parsed_content("in_channels"),
-                    config.get_parsed_content("spatial_size"),
-                    self.overrides,
-                )
+                tools.export_onnx(self.bundle_path, self.model_path, target, overrides=self.overrides)
         except Exception as error:  # the new model.pt serves (in PyTorch) either way
             logger.error(
                 f"Re-export of {target} failed ({error}); inference runs the new weights in PyTorch. Re-export with "

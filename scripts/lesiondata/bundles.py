@@ -60,7 +60,11 @@ def override_args(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def run_monai_bundle(
-    bundle: str | Path, args: Sequence[str], quiet: bool = False, timeout: float | None = None
+    bundle: str | Path,
+    args: Sequence[str],
+    quiet: bool = False,
+    timeout: float | None = None,
+    module: str = "monai.bundle",
 ) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` in the bundle folder.
 
@@ -69,12 +73,13 @@ def run_monai_bundle(
         args: the command and its arguments, e.g. ``["run", "--config_file", "configs/train.json"]``.
         quiet: capture the output (shown in the error when the command fails) instead of streaming it.
         timeout: seconds before the command is killed.
+        module: the module run instead of ``monai.bundle``: one of the bundle's own (``scripts.onnx_inferer``).
 
     Raises:
         RuntimeError: the command failed; the message holds the command and, when quiet, the end of its output.
     """
     root = resolve_bundle(bundle)
-    cmd = [sys.executable, "-m", "monai.bundle", *[str(a) for a in args]]
+    cmd = [sys.executable, "-m", module, *[str(a) for a in args]]
     env = {**os.environ, "PYTHONPATH": str(root)}
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=quiet, text=True, timeout=timeout)
     if result.returncode != 0:

@@ -1,11 +1,13 @@
-"""Export a bundle's trained network to TorchScript and ONNX with MONAI's bundle commands.
+"""Export a bundle's trained network to TorchScript and ONNX, each with a command run in the bundle folder.
 
 * TorchScript: ``python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file
   models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json`` (scripted, not traced:
   every registered network scripts; the configs and metadata are stored inside the ``.ts``).
-* ONNX: ``python -m monai.bundle onnx_export network_def ... --use_trace True --input_shape [1, C, H, W]
-  --converter_kwargs {...}`` with the bundle's own recipe (``scripts/onnx_inferer.py::onnx_export_args``: the
-  TorchScript-based exporter and dynamic batch, height and width, so the model runs at any ``spatial_size``).
+* ONNX: the bundle's own exporter, ``python -m scripts.onnx_inferer --ckpt_file models/model.pt --filepath
+  models/model.onnx [--key value ...]`` (``scripts/onnx_inferer.py::export_onnx``). It runs MONAI's ``onnx_export``
+  with the bundle's recipe (``onnx_export_args``: the TorchScript-based exporter and dynamic batch, height and width,
+  so the model runs at any ``spatial_size``), stamps the model with the sha256 of ``model.pt`` and renames it into
+  place. ``export_commands()["onnx"]`` is the same export as a plain ``monai.bundle onnx_export`` command (no stamp).
 
 ``configs/inference_onnx.json`` runs the ONNX model with ONNX Runtime; a TorchScript model loads with
 ``torch.jit.load``. ``tests/test_export.py`` checks both against eager inference.
@@ -31,7 +33,8 @@ FILE_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 def export_commands(
     bundle: str | Path, ckpt_file: str | Path, out_dir: str | Path, **overrides: Any
 ) -> dict[str, list[str]]:
-    """The ``monai.bundle`` arguments of each export (run in the bundle folder).
+    """The ``monai.bundle`` arguments of each export (run in the bundle folder): the TorchScript one is what
+    :func:`export_bundle` runs; the ONNX one is the plain MONAI equivalent of the bundle's exporter, without the stamp.
 
     Args:
         bundle: bundle name or folder.
@@ -90,38 +93,33 @@ def export_bundle(
     if not (ckpt / "model.pt").is_file():
         raise FileNotFoundError(f"{ckpt / 'model.pt'} not found: train the bundle first or pass --ckpt_dir.")
     out.mkdir(parents=True, exist_ok=True)
-    # written in a folder beside the targets, stamped, then renamed over them: a running inference (the label app,
-    # backend auto) never reads a half-written or not yet stamped model
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".exporting-"))
-    try:
-        commands = export_commands(root, ckpt / "model.pt", staging, **overrides)
-        written = {}
-        for fmt in selected:
-            run_monai_bundle(root, commands[fmt], quiet=quiet)
+    written = {}
+    for fmt in selected:
+        written[fmt] = out / FILE_NAMES[fmt]
+        if fmt == "onnx":  # the bundle's own exporter: stamped with model.pt's sha256, renamed into place
+            args = ["--ckpt_file", ckpt / "model.pt", "--filepath", written[fmt], *override_args(overrides)]
+            run_monai_bundle(root, args, quiet=quiet, module="scripts.onnx_inferer")
+            continue
+        # written in a folder beside the target, then renamed over it: a running process never reads half a file
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".exporting-"))
+        try:
+            run_monai_bundle(root, export_commands(root, ckpt / "model.pt", staging, **overrides)[fmt], quiet=quiet)
             partial = staging / FILE_NAMES[fmt]
             if not partial.is_file():
                 raise RuntimeError(f"the {fmt} export finished without writing {partial}.")
-            if fmt == "onnx":  # the bundle's OnnxInferer refuses it once model.pt changes (retraining)
-                _stamp_source(root, partial, ckpt / "model.pt")
-            written[fmt] = out / FILE_NAMES[fmt]
             os.replace(partial, written[fmt])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return written
 
 
 def _onnx_tools(root: Path):
-    """The bundle's own ``scripts.onnx_inferer`` (one definition of the source stamp)."""
+    """The bundle's own ``scripts.onnx_inferer`` (one definition of the export recipe and of the source stamp)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import scripts.onnx_inferer
 
     return scripts.onnx_inferer
-
-
-def _stamp_source(root: Path, onnx_file: Path, checkpoint: Path) -> None:
-    """Record ``checkpoint``'s sha256 in ``onnx_file`` (the bundle's ``OnnxInferer`` checks it)."""
-    _onnx_tools(root).stamp_source(onnx_file, checkpoint)
 
 
 def check_onnx_source(bundle: str | Path, onnx_file: str | Path, checkpoint: str | Path) -> None:

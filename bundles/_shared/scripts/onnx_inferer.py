@@ -6,12 +6,14 @@ are the bundle's own, so the masks match eager inference (see ``tests/test_expor
 ``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint, :class:`OnnxInferer`
 refuses a model exported from another one (a stale export after retraining would otherwise run the old model).
 
-The export itself is defined here too (:func:`onnx_export_args`, :func:`export_onnx`), so a bundle that travels
-without this repository (a downloaded bundle, the label app's retraining) re-exports itself the same way.
+The export itself is defined here too (:func:`onnx_export_args`, :func:`export_onnx`, and on the command line
+``python -m scripts.onnx_inferer`` in the bundle folder), so a bundle that travels without this repository (a
+downloaded bundle, the label app's retraining) re-exports itself the same way.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import logging
@@ -86,18 +88,27 @@ def export_onnx(
     bundle_root: str | Path,
     checkpoint: str | Path,
     onnx_file: str | Path,
-    in_channels: int,
-    spatial_size: Sequence[int],
+    in_channels: int | None = None,
+    spatial_size: Sequence[int] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> str:
     """Export ``checkpoint`` to ``onnx_file`` in this process, stamped (:func:`stamp_source`) and renamed into place
     in one step, so a running :class:`OnnxInferer` never reads a half-written model; returns the stamp.
 
-    ``overrides`` are the config values the model was trained with (``network``, ``num_classes``, ...). The
-    bundle's ``scripts`` package must be the one importable (run from the bundle folder or with it on ``sys.path``).
+    ``overrides`` are the config values the model was trained with (``network``, ``num_classes``, ...);
+    ``in_channels`` and ``spatial_size`` (the sample's shape) default to the values of ``configs/inference.json``
+    with those overrides. The bundle's ``scripts`` package must be the one importable (run from the bundle folder or
+    with it on ``sys.path``; ``python -m scripts.onnx_inferer`` in the bundle folder does this, see :func:`main`).
     """
-    from monai.bundle import onnx_export
+    from monai.bundle import ConfigParser, onnx_export
 
+    overrides = dict(overrides or {})
+    if in_channels is None or spatial_size is None:
+        config = ConfigParser()
+        config.read_config(str(Path(str(bundle_root)) / "configs" / "inference.json"))
+        config.update(overrides)
+        in_channels = config.get_parsed_content("in_channels") if in_channels is None else in_channels
+        spatial_size = config.get_parsed_content("spatial_size") if spatial_size is None else spatial_size
     target = Path(str(onnx_file))
     partial = target.with_name(f".{target.name}.exporting")
     try:
@@ -105,7 +116,7 @@ def export_onnx(
             filepath=str(partial),
             ckpt_file=str(checkpoint),
             **onnx_export_args(in_channels, spatial_size, bundle_root),
-            **(overrides or {}),
+            **overrides,
         )
         sha = stamp_source(partial, checkpoint)
         os.replace(partial, target)
@@ -347,3 +358,35 @@ def select_base(
         logger.info("backend auto: PyTorch on this CPU without native bf16, as onnxruntime is not installed.")
         return None
     return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch")
+
+
+def _cli_value(text: str) -> Any:
+    """A ``--key value`` argument as fire (the ``monai.bundle`` CLI) reads it: a Python literal, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scripts.onnx_inferer [--ckpt_file models/model.pt] [--filepath models/model.onnx] [--key value
+    ...]``, run in the bundle folder: :func:`export_onnx` from the command line (what ``scripts/export_bundle.py``
+    runs, and what a downloaded bundle re-exports itself with). Extra ``--key value`` pairs are the config values the
+    model was trained with (``--network segresnet``). Prints the stamp (the checkpoint's sha256)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m scripts.onnx_inferer", description=main.__doc__)
+    parser.add_argument("--ckpt_file", default="models/model.pt", help="the trained checkpoint")
+    parser.add_argument("--filepath", default="models/model.onnx", help="the ONNX file to write")
+    args, rest = parser.parse_known_args(argv)
+    if len(rest) % 2 or not all(k.startswith("--") for k in rest[::2]):
+        parser.error(f"config overrides come as --key value pairs; got {' '.join(rest)}")
+    overrides = {k[2:]: _cli_value(v) for k, v in zip(rest[::2], rest[1::2], strict=True)}
+    if not Path(args.ckpt_file).is_file():
+        parser.error(f"{args.ckpt_file} not found: train the bundle first or pass --ckpt_file.")
+    print(export_onnx(".", args.ckpt_file, args.filepath, overrides=overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
