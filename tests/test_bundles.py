@@ -244,6 +244,16 @@ def test_empty_datalist_and_unreadable_image_are_named(demo_data, tmp_path: Path
     (broken / "datalist.json").write_text(json.dumps({"training": items}))
     with pytest.raises(DataListError, match=Path(items[0]["image"]).name):
         load_split(broken, "train", 0)
+    # a PNG cut off inside its data, or one flipped byte: both fail before training, not in the middle of it
+    whole = (src / items[0]["image"]).read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    for damaged in (whole[: len(whole) // 2], bytes(flipped)):
+        (broken / items[0]["image"]).write_bytes(damaged)
+        with pytest.raises(DataListError, match="cannot be read as an image"):
+            load_split(broken, "train", 0)
+    (broken / items[0]["image"]).write_bytes(whole)
+    assert len(load_split(broken, "val", 1)) == 3
 
 
 def test_multi_gpu_config_runs_with_torchrun_on_cpu(demo_data, tmp_path: Path) -> None:
