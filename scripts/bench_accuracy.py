@@ -409,6 +409,7 @@ def evaluate(tasks: str = "all") -> None:
 
 DEFAULT = "(default)"  # in rows of sweeps from before rows held the resolved value of every key
 PRETRAINED = "(stage-1 checkpoint)"  # init_weights of a two-stage recipe (see PRETRAIN)
+NO_STAGE1 = "(no stage 1)"  # first-stage keys of a run given its init_weights (no first stage ran)
 
 
 def _settings(task: str, keys: list[str], overrides: list[str], stage1: dict | None = None) -> dict:
@@ -425,6 +426,19 @@ def _settings(task: str, keys: list[str], overrides: list[str], stage1: dict | N
         if f"--{key}" in given:
             values[key] = PRETRAINED if key == "init_weights" and task in PRETRAIN else _parse(given[f"--{key}"])
     return {key: values[key] for key in keys}
+
+
+def point_settings(task: str, keys: list[str], combo: dict) -> dict:
+    """The value of each of ``keys`` in the run of sweep point ``combo``: the point's own values, the bundle's for the
+    rest. A two-stage recipe's first stage sets ``init_weights`` (``PRETRAINED``), unless the point gives a
+    checkpoint: then no first stage runs, and its ``pretrain_<key>`` keys read ``NO_STAGE1``."""
+    bundle_combo, changes = split_stage1(task, combo)
+    given = task in PRETRAIN and "init_weights" in combo
+    stage1 = ["--init_weights", PRETRAINED] if task in PRETRAIN and not given else []
+    settings = _settings(task, keys, _overrides(bundle_combo) + stage1, changes)
+    if given:
+        settings |= {k: NO_STAGE1 for k in settings if k.startswith(STAGE1)}
+    return {**settings, **combo}
 
 
 def _parse(text: str):
@@ -472,17 +486,12 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     keys = _sweep_keys(_read_sweep(task), list(combos[0]))
     epochs = max_epochs or bundle_defaults(task, ["max_epochs"])["max_epochs"]
     for combo in combos:
-        # the settings as the run starts (the bundle files may change while it trains); the brain recipe's
-        # first stage adds init_weights
+        settings = point_settings(task, keys, combo)  # as the run starts (the bundle may change while it trains)
         bundle_combo, changes = split_stage1(task, combo)
-        overrides = _overrides(bundle_combo)
-        stage1 = ["--init_weights", PRETRAINED] if task in PRETRAIN and "init_weights" not in combo else []
-        settings = _settings(task, keys, overrides + stage1, changes)
-        record = run_task(task, minutes, max_epochs, overrides, _run_dir(task, combo, epochs), changes)
+        record = run_task(task, minutes, max_epochs, _overrides(bundle_combo), _run_dir(task, combo, epochs), changes)
         rows.append(
             {
                 **settings,
-                **combo,
                 "epochs": record["epochs"],
                 "train_min": round(record["train_seconds"] / 60, 1),
                 **_row(record["summary"]),

@@ -269,6 +269,18 @@ def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> 
         "pretrain_dataset": bench.PRETRAIN["brain_tumor"]["dataset"],
     }
     assert bench._settings("ph2_melanoma", ["pretrain_max_epochs"], []) == {"pretrain_max_epochs": bench.DEFAULT}
+    # a sweep row: the first stage's settings, or none where the point gives its own checkpoint (no first stage)
+    keys = ["init_weights", "pretrain_max_epochs", "seed"]
+    assert bench.point_settings("brain_tumor", keys, {"seed": 1}) == {
+        "init_weights": bench.PRETRAINED,
+        "pretrain_max_epochs": bench.PRETRAIN["brain_tumor"]["max_epochs"],
+        "seed": 1,
+    }
+    assert bench.point_settings("brain_tumor", keys, {"init_weights": "/w/model.pt"}) == {
+        "init_weights": "/w/model.pt",
+        "pretrain_max_epochs": bench.NO_STAGE1,
+        "seed": bench.bundle_defaults("brain_tumor", ["seed"])["seed"],
+    }
 
 
 def test_a_first_stage_is_trained_once_and_reused_while_nothing_it_depends_on_changes(
