@@ -36,11 +36,13 @@ import importlib
 import json
 import logging
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,11 +85,23 @@ def _redirect_savers(handlers: Any, save_dir: str) -> list[dict[str, Any]]:
     return savers
 
 
+def _atomic_write(path: str, write: Callable[[str], Any], prefix: str = ".writing-") -> None:
+    """Call ``write(tmp)`` on a new file beside ``path``, then rename it onto ``path`` in one step (same folder, so
+    same file system): a reader (a serving worker) sees the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix, suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the served file is an ordinary readable file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _atomic_write_json(path: str, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(data, indent=2)))
 
 
 class LesionTrainTask(BundleTrainTask):
@@ -195,17 +209,8 @@ class LesionTrainTask(BundleTrainTask):
         raise RuntimeError(f"Training of '{self.name}' wrote no checkpoint in {self._staging}; model unchanged")
 
     def _publish(self, checkpoint: str) -> str:
-        """Replace ``models/model.pt`` with ``checkpoint`` in one rename (same folder, so same file system)."""
-        os.makedirs(os.path.dirname(self.model_path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.model_path), prefix=".publishing-", suffix=".pt")
-        os.close(fd)
-        try:
-            shutil.copyfile(checkpoint, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the served file is an ordinary readable file
-            os.replace(tmp, self.model_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        """Replace ``models/model.pt`` with ``checkpoint`` in one rename."""
+        _atomic_write(self.model_path, lambda tmp: shutil.copyfile(checkpoint, tmp), prefix=".publishing-")
         return self.model_path
 
     def _export_onnx(self) -> dict[str, Any]:
