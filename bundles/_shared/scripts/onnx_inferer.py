@@ -17,7 +17,6 @@ import ast
 import copy
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
+from .handlers import atomic_write_bytes
 from .networks import samples_dropout
 
 __all__ = [
@@ -109,21 +109,15 @@ def export_onnx(
         config.update(overrides)
         in_channels = config.get_parsed_content("in_channels") if in_channels is None else in_channels
         spatial_size = config.get_parsed_content("spatial_size") if spatial_size is None else spatial_size
-    target = Path(str(onnx_file))
-    partial = target.with_name(f".{target.name}.exporting")
-    try:
-        onnx_export(
-            filepath=str(partial),
-            ckpt_file=str(checkpoint),
-            **onnx_export_args(in_channels, spatial_size, bundle_root),
-            **overrides,
-        )
-        sha = stamp_source(partial, checkpoint)
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return sha
+    stamp: list[str] = []
+
+    def write(partial: str) -> None:
+        args = onnx_export_args(in_channels, spatial_size, bundle_root)
+        onnx_export(filepath=partial, ckpt_file=str(checkpoint), **args, **overrides)
+        stamp.append(stamp_source(partial, checkpoint))
+
+    atomic_write_bytes(onnx_file, write)
+    return stamp[0]
 
 
 def stamp_source(onnx_file: str | Path, checkpoint: str | Path) -> str:
