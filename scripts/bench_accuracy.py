@@ -127,15 +127,32 @@ def split_stage1(task: str, combo: dict) -> tuple[dict, dict]:
     return {k: v for k, v in combo.items() if not k.startswith(STAGE1)}, stage1
 
 
+def training_modules(task: str) -> list[Path]:
+    """The bundle code a training depends on: the ``scripts`` modules its ``configs/train.json`` names, the modules
+    those import (``from .x import``, at any depth) and the package's ``__init__.py``. Inference-only code (the ONNX
+    exporter, reports) is not among them, so editing it does not retrain a cached first stage."""
+    scripts = ROOT / "bundles" / "_shared" / "scripts"
+    todo = set(re.findall(r"\bscripts\.(\w+)", (ROOT / "bundles" / task / "configs" / "train.json").read_text()))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not (scripts / f"{name}.py").is_file():
+            continue
+        seen.add(name)
+        todo |= set(re.findall(r"^\s*from \.(\w+) import", (scripts / f"{name}.py").read_text(), re.MULTILINE))
+    return [p for p in [scripts / "__init__.py", *(scripts / f"{n}.py" for n in sorted(seen))] if p.is_file()]
+
+
 def _stage1_fingerprint(task: str, spec: dict) -> str:
-    """What a first-stage checkpoint depends on: its settings, the bundle's train config, the shared bundle code and
-    the stage-1 datalist. A cached checkpoint is reused only while this is unchanged."""
+    """What a first-stage checkpoint depends on: its settings, the bundle's train config, the bundle code training
+    uses (:func:`training_modules`) and the stage-1 datalist. A cached checkpoint is reused only while this is
+    unchanged."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     files = [
         ROOT / "bundles" / task / "configs" / "train.json",
         ROOT / "data" / "prepared" / spec["dataset"] / "datalist.json",
     ]
-    files += sorted((ROOT / "bundles" / "_shared" / "scripts").glob("*.py"))
+    files += training_modules(task)
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -287,7 +304,12 @@ def _overrides(combo: dict) -> list[str]:
 
 
 def _literal(value):
-    """JSON words that fire leaves as strings when it parses ``--grid`` itself: "true" -> True, "null" -> None."""
+    """JSON words that fire leaves as strings when it parses ``--grid`` itself: "true" -> True, "null" -> None, also
+    inside a dict or list value (``{"loss_kwargs": [{"batch_dice": false}]}``: a string "false" would be truthy)."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
     return {"true": True, "false": False, "null": None}.get(value, value) if isinstance(value, str) else value
 
 

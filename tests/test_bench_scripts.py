@@ -257,6 +257,14 @@ def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs
     assert record["promoted_from"]["run_folder"].endswith(f"_{default_epochs}ep")
 
 
+def test_grid_json_words_are_parsed_inside_dict_values_too() -> None:
+    # fire hands `--grid '{"loss_kwargs": [{"batch_dice": false}]}'` over with the word false as a string
+    assert bench._grid({"loss_kwargs": [{"batch_dice": "false"}], "amp": ["true"]}) == [
+        {"loss_kwargs": {"batch_dice": False}, "amp": True}
+    ]
+    assert bench._grid({"spatial_size": [[384, 384]]}) == [{"spatial_size": [384, 384]}]
+
+
 def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> None:
     combo = {"amp": True, "pretrain_max_epochs": 14, "pretrain_amp": True}
     assert bench.split_stage1("brain_tumor", combo) == ({"amp": True}, {"max_epochs": 14, "amp": True})
@@ -316,6 +324,12 @@ def test_a_first_stage_is_trained_once_and_reused_while_nothing_it_depends_on_ch
     monkeypatch.setattr(bench, "_stage1_fingerprint", lambda task, spec: "changed code")
     bench.pretrain("brain_tumor", {"max_epochs": 2})  # the code it depends on changed: trained again
     assert len(calls) == 3
+
+
+def test_a_first_stage_depends_on_the_code_training_uses_not_on_inference_code() -> None:
+    names = {p.name for p in bench.training_modules("brain_tumor")}
+    assert {"__init__.py", "losses.py", "networks.py", "transforms.py", "data.py"} <= names
+    assert "onnx_inferer.py" not in names and "report.py" not in names  # inference and reporting only
 
 
 def test_auc_is_the_chance_a_positive_case_scores_above_a_negative_one() -> None:
