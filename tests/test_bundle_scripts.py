@@ -47,6 +47,12 @@ def test_every_loss_is_finite_differentiable_and_lower_for_the_right_answer(name
     assert loss(right, label) < loss(wrong, label)
 
 
+def test_a_loss_switch_must_be_a_boolean() -> None:
+    assert build_loss("dicece", batch_dice=False).dice.batch is False  # per-image Dice
+    with pytest.raises(ValueError, match="batch_dice must be true or false; got 'false'"):
+        build_loss("dicece", batch_dice="false")  # truthy: would silently keep batch Dice
+
+
 def test_unknown_names_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="dicece"):
         build_loss("nope")

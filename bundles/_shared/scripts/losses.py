@@ -87,6 +87,10 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: ``loss_kwargs`` keys that switch something on or off
+BOOL_KWARGS = {"batch_dice", "include_background"}
+
+
 class PresenceLoss(nn.Module):
     """Segmentation loss plus ``weight`` x BCE of an image-level "any foreground" logit.
 
@@ -120,4 +124,7 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     key = name.lower()
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; set loss to one of: {', '.join(sorted(LOSSES))}.")
+    for flag in BOOL_KWARGS & set(kwargs):
+        if not isinstance(kwargs[flag], bool):  # a string "false" would be truthy and silently keep the default
+            raise ValueError(f"loss_kwargs {flag} must be true or false; got {kwargs[flag]!r}.")
     return LOSSES[key](**kwargs)
