@@ -235,15 +235,27 @@ def run_task(
         "plots": keep_plots(task, work / "eval") if work == WORK / task else [],
         "hardware": _hardware(),
         "commit": commit,
-        "command": "python scripts/bench_accuracy.py run --tasks "
-        + task
-        + f" --minutes {minutes}"
-        + (f" --max_epochs {max_epochs}" if max_epochs else "")
-        + (f' --overrides "{shlex.join(asked)}"' if asked else "")
-        + (f" --pretrain '{json.dumps(changes)}'" if changes else ""),
+        "command": run_command(task, minutes, max_epochs, asked, changes),
     }
     (work / "record.json").write_text(json.dumps(record, indent=2) + "\n")  # what `promote` takes
     return record
+
+
+def run_command(task: str, minutes: float, max_epochs: int | None, asked: list[str], changes: dict) -> str:
+    """The ``run`` command line that trains this record again. ``--overrides`` is one shell word holding the bundle
+    arguments, so a dict value such as ``--loss_kwargs "{'batch_dice': False}"`` survives both splits."""
+    words = ["python", "scripts/bench_accuracy.py", "run", "--tasks", task, "--minutes", str(minutes)]
+    words += ["--max_epochs", str(max_epochs)] if max_epochs else []
+    command = shlex.join(words)
+    command += f" --overrides {_shell_quote(' '.join(_shell_quote(w) for w in asked))}" if asked else ""
+    return command + (f" --pretrain {shlex.quote(json.dumps(changes))}" if changes else "")
+
+
+def _shell_quote(word: str) -> str:
+    """``shlex.quote``, but in double quotes where that reads better: ``"--loss_kwargs \"{'a': False}\""``."""
+    if shlex.quote(word) == word or any(c in word for c in '$`\\!'):
+        return shlex.quote(word)
+    return '"' + word.replace('"', '\\"') + '"'
 
 
 def _work_record(task: str, work: Path, train_seconds: float, summary: dict | None = None) -> dict:

@@ -65,6 +65,17 @@ def test_overrides_are_python_literals_the_bundle_cli_parses_back() -> None:
     assert shlex.split(shlex.join(args)) == args
 
 
+def test_a_record_command_gives_the_bundle_back_its_overrides_through_both_shell_splits() -> None:
+    asked = bench._overrides({"loss_kwargs": {"batch_dice": False}, "seed": 0, "network": "a$b"})
+    command = bench.run_command("brain_tumor", 0.0, 160, asked, {"max_epochs": 14})
+    words = shlex.split(command)  # the user's shell, then bench_accuracy's own split of --overrides
+    assert shlex.split(words[words.index("--overrides") + 1]) == asked
+    assert json.loads(words[words.index("--pretrain") + 1]) == {"max_epochs": 14}
+    assert words[:9] == "python scripts/bench_accuracy.py run --tasks brain_tumor --minutes 0.0 --max_epochs 160".split()
+    plain = bench.run_command("ph2_melanoma", 0, None, ["--amp", "True"], {})
+    assert plain == "python scripts/bench_accuracy.py run --tasks ph2_melanoma --minutes 0 --overrides \"--amp True\""
+
+
 def _row(dice: float, pooled: float, empty_ok: int = 0) -> dict:
     return {
         "dice_mean": dice,
