@@ -253,7 +253,7 @@ def run_command(task: str, minutes: float, max_epochs: int | None, asked: list[s
 
 def _shell_quote(word: str) -> str:
     """``shlex.quote``, but in double quotes where that reads better: ``"--loss_kwargs \"{'a': False}\""``."""
-    if shlex.quote(word) == word or any(c in word for c in '$`\\!'):
+    if shlex.quote(word) == word or any(c in word for c in "$`\\!"):
         return shlex.quote(word)
     return '"' + word.replace('"', '\\"') + '"'
 

@@ -71,9 +71,11 @@ def test_a_record_command_gives_the_bundle_back_its_overrides_through_both_shell
     words = shlex.split(command)  # the user's shell, then bench_accuracy's own split of --overrides
     assert shlex.split(words[words.index("--overrides") + 1]) == asked
     assert json.loads(words[words.index("--pretrain") + 1]) == {"max_epochs": 14}
-    assert words[:9] == "python scripts/bench_accuracy.py run --tasks brain_tumor --minutes 0.0 --max_epochs 160".split()
+    assert (
+        words[:9] == "python scripts/bench_accuracy.py run --tasks brain_tumor --minutes 0.0 --max_epochs 160".split()
+    )
     plain = bench.run_command("ph2_melanoma", 0, None, ["--amp", "True"], {})
-    assert plain == "python scripts/bench_accuracy.py run --tasks ph2_melanoma --minutes 0 --overrides \"--amp True\""
+    assert plain == 'python scripts/bench_accuracy.py run --tasks ph2_melanoma --minutes 0 --overrides "--amp True"'
 
 
 def _row(dice: float, pooled: float, empty_ok: int = 0) -> dict:
