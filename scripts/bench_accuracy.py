@@ -325,11 +325,22 @@ def _literal(value):
     return {"true": True, "false": False, "null": None}.get(value, value) if isinstance(value, str) else value
 
 
+def _grid_spec(grid: str | dict) -> dict[str, list]:
+    """A ``{"key": [values...]}`` grid (JSON text, or the dict fire made of it) with its JSON words restored."""
+    spec = json.loads(grid) if isinstance(grid, str) else dict(grid)
+    return {k: [_literal(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in spec.items()}
+
+
 def _grid(grid: str | dict) -> list[dict]:
     """All combinations of a ``{"key": [values...]}`` grid (JSON text or a dict), in order."""
-    spec = json.loads(grid) if isinstance(grid, str) else dict(grid)
-    spec = {k: [_literal(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in spec.items()}
+    spec = _grid_spec(grid)
     return [dict(zip(spec, values, strict=True)) for values in itertools.product(*spec.values())]
+
+
+def _grid_text(grid: str | dict) -> str:
+    """The grid as the JSON one types after ``--grid`` (``[true]``, ``{"batch_dice": false}``): fire hands these
+    words over as strings, and a recorded ``"false"`` reads as the string that once made a run ignore its switch."""
+    return json.dumps(_grid_spec(grid))
 
 
 def _run_dir(task: str, combo: dict, epochs: int) -> Path:
@@ -414,9 +425,16 @@ def postprocess(
         markdown = f"## {task}: evaluation-time options (fold 0, checkpoint {work / 'models'})\n\n"
         markdown += _grid_table(rows, list(combos[0]))
         markdown += f"\n\nBest: {json.dumps({k: best[k] for k in combos[0]})}"
-        record = {"task": task, "grid": grid, "rows": rows, "best": best, "commit": _commit(), "hardware": _hardware()}
+        record = {
+            "task": task,
+            "grid": _grid_spec(grid),
+            "rows": rows,
+            "best": best,
+            "commit": _commit(),
+            "hardware": _hardware(),
+        }
         record["command"] = (
-            f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{json.dumps(grid) if not isinstance(grid, str) else grid}'"
+            f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{_grid_text(grid)}'"
         ) + (f" --run {run}" if run else "")
         _save(f"postprocess_{task}" + (f"_{Path(run).name}" if run else ""), record, markdown)
         print(markdown)
@@ -513,9 +531,7 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
     are kept (each with its command and commit), so grids run one after another add up to one comparison.
     """
     combos, rows = _grid(grid), []
-    command = (
-        f"python scripts/bench_accuracy.py sweep {task} --grid '{grid if isinstance(grid, str) else json.dumps(grid)}'"
-    )
+    command = f"python scripts/bench_accuracy.py sweep {task} --grid '{_grid_text(grid)}'"
     command += f" --minutes {minutes}" + (f" --max_epochs {max_epochs}" if max_epochs else "")
     keys = _sweep_keys(_read_sweep(task), list(combos[0]))
     epochs = max_epochs or bundle_defaults(task, ["max_epochs"])["max_epochs"]

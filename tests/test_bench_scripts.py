@@ -278,6 +278,17 @@ def test_grid_json_words_are_parsed_inside_dict_values_too() -> None:
     assert bench._grid({"spatial_size": [[384, 384]]}) == [{"spatial_size": [384, 384]}]
 
 
+def test_a_recorded_grid_reads_as_the_json_one_types_and_runs_the_same_points() -> None:
+    fire_made = {"loss_kwargs": [{"batch_dice": "false"}], "amp": ["true"], "init_weights": "null"}
+    text = bench._grid_text(fire_made)
+    assert text == '{"loss_kwargs": [{"batch_dice": false}], "amp": [true], "init_weights": [null]}'
+    assert (
+        bench._grid(text)
+        == bench._grid(fire_made)
+        == [{"loss_kwargs": {"batch_dice": False}, "amp": True, "init_weights": None}]
+    )
+
+
 def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> None:
     combo = {"amp": True, "pretrain_max_epochs": 14, "pretrain_amp": True}
     assert bench.split_stage1("brain_tumor", combo) == ({"amp": True}, {"max_epochs": 14, "amp": True})
