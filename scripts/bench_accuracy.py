@@ -367,6 +367,12 @@ def _row(summary: dict) -> dict:
     }
 
 
+def _cell(value) -> str:
+    """A setting as the JSON one types in a grid (``true``, ``{"batch_dice": false}``); words such as
+    ``(default)`` and network names as they are."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) -> str:
     cols = [*keys, *extra, "dice_mean", "dice_median", "dice_worst", "jaccard_mean", "pooled_dice", "pooled_jaccard"]
     if any(r["empty_truth_cases"] for r in rows):
@@ -374,8 +380,10 @@ def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [
-            str(r[c])
-            if c in keys or not isinstance(r[c], float)
+            _cell(r[c])
+            if c in keys
+            else str(r[c])
+            if not isinstance(r[c], float)
             else f"{r[c]:.1f}"
             if c == "train_min"
             else f"{r[c]:.4f}"
@@ -564,6 +572,18 @@ def _sweep_keys(earlier: dict, grid_keys: list[str]) -> list[str]:
     return list(dict.fromkeys([*known, *grid_keys]))
 
 
+def sweep_markdown(task: str, rows: list[dict], keys: list[str], best: dict) -> str:
+    """The table of ``benchmarks/results/sweep_<task>.md``: every row, the winner and the commands that ran them."""
+    markdown = f"## {task}: sweep (fold 0, true Dice/Jaccard at original size)\n\n"
+    markdown += _grid_table(rows, keys, ("epochs", "train_min"))
+    markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})} ({best['epochs']} epochs)."
+    commands = sorted({r["command"] for r in rows if r.get("command")})
+    return markdown + (
+        " `(default)`: a row from before rows held the value of every key (the bundle's value then). Commands: "
+        + ", ".join(f"`{c}`" for c in commands)
+    )
+
+
 def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str) -> None:
     """Add a sweep's rows to ``benchmarks/results/sweep_<task>.{json,md}`` (see :func:`_merge_rows`), choose the
     winner over all rows, print the table."""
@@ -572,14 +592,7 @@ def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str
     old = [{"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])]
     rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
     best = _best(rows)
-    markdown = f"## {task}: sweep (fold 0, true Dice/Jaccard at original size)\n\n"
-    markdown += _grid_table(rows, keys, ("epochs", "train_min"))
-    markdown += f"\n\nWinner: {json.dumps({k: best[k] for k in keys})} ({best['epochs']} epochs)."
-    commands = sorted({r["command"] for r in rows if r.get("command")})
-    markdown += (
-        " `(default)`: a row from before rows held the value of every key (the bundle's value then). Commands: "
-        + ", ".join(f"`{c}`" for c in commands)
-    )
+    markdown = sweep_markdown(task, rows, keys, best)
     payload = {
         "task": task,
         "keys": keys,

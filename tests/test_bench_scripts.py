@@ -287,6 +287,13 @@ def test_a_recorded_grid_reads_as_the_json_one_types_and_runs_the_same_points() 
         == bench._grid(fire_made)
         == [{"loss_kwargs": {"batch_dice": False}, "amp": True, "init_weights": None}]
     )
+    # and a table cell reads the same way: JSON words for settings, names and "(default)" as they are
+    row = {"loss_kwargs": {"batch_dice": False}, "amp": True, "network": "unet", "seed": bench.DEFAULT}
+    row |= dict.fromkeys(
+        ["dice_mean", "dice_median", "dice_worst", "jaccard_mean", "pooled_dice", "pooled_jaccard"], 0.5
+    )
+    table = bench._grid_table([{**row, "empty_truth_cases": 0}], ["loss_kwargs", "amp", "network", "seed"])
+    assert table.splitlines()[-1].startswith(f'| {{"batch_dice": false}} | true | unet | {bench.DEFAULT} | 0.5000 |')
 
 
 def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> None:
