@@ -5,6 +5,7 @@ Usage::
 
     python scripts/bench_inference.py run [--bundles ph2_melanoma,trus_prostate] [--sizes 256,512] [--threads 1]
     python scripts/bench_inference.py run --modes fp32,bf16,onnx --threads 2
+    python scripts/bench_inference.py run --bundles brain_tumor --ensemble_size 1,2   # a 2-network mean ensemble too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
 
 For each bundle (its current default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
@@ -67,21 +68,36 @@ def _cpu_name() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
-def prepare(bundle: str, work: Path, epochs: int) -> dict[str, Any]:
-    """Synthetic data, a briefly trained model and its exports for ``bundle`` (reused when already there)."""
+def prepare(bundle: str, work: Path, epochs: int, ensemble_size: int = 1) -> dict[str, Any]:
+    """Synthetic data, a briefly trained model and its exports for ``bundle`` (reused when already there).
+
+    ``ensemble_size`` above 1: that many models (seeds 0, 1, ...; ``models/``, ``member<k>/``) merged into one
+    mean-ensemble checkpoint by the bundle's ``configs/ensemble_merge.json``, as a seed or fold ensemble ships, and
+    exported, in ``ensemble<n>/``. The members are trained apart, not copied: ONNX Runtime would fold the branches
+    of identical copies (same weights, same input) into one and time a single network."""
     data = work / "data"
     if not (data / "datalist.json").is_file():
         make_demo_dataset(bundle, data, n=20, seed=1, overwrite=True)
     labels = json.loads((data / "dataset.json").read_text())["labels"]
     task = {"labels": labels, "num_classes": len(labels)}
-    models = work / "models"
-    if not (models / "model.pt").is_file():
-        args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(data), "--ckpt_dir", str(models)]
-        args += ["--output_dir", str(work / "train"), "--max_epochs", str(epochs), *override_args({**TRAIN, **task})]
-        run_monai_bundle(bundle, args, quiet=True)
+    members = [work / "models", *(work / f"member{k}" for k in range(1, ensemble_size))]
+    for seed, folder in enumerate(members):
+        if not (folder / "model.pt").is_file():
+            args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(data), "--ckpt_dir", str(folder)]
+            args += ["--output_dir", str(folder.parent / f"train{seed or ''}"), "--max_epochs", str(epochs)]
+            run_monai_bundle(bundle, [*args, *override_args({**TRAIN, **task, "seed": seed})], quiet=True)
+    models = members[0]
+    if ensemble_size > 1:
+        models = work / f"ensemble{ensemble_size}"
+        if not (models / "model.pt").is_file():
+            merge = {"ensemble_members": [str(m / "model.pt") for m in members], "merged_dir": str(models)}
+            merge.update({"ckpt_dir": str(models), "dataset_dir": str(data), **task})
+            configs = "['configs/train.json','configs/ensemble_merge.json']"
+            run_monai_bundle(bundle, ["run", "--config_file", configs, *override_args(merge)], quiet=True)
+        task["ensemble_size"] = ensemble_size
     if not ((models / "model.ts").is_file() and (models / "model.onnx").is_file()):
         export_bundle(bundle, ckpt_dir=models, quiet=True, **task)
-    return {"data": data, "models": models, "task": task}
+    return {"data": data, "models": models, "task": task, "members": members}
 
 
 def make_images(source: Path, out: Path, size: int, count: int, rounds: int) -> list[Path]:
@@ -180,20 +196,22 @@ def bench_bundle(
     threads: int,
     epochs: int,
     work: Path,
+    ensemble_size: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every mode at every input size for one bundle.
+    """Every mode at every input size for one bundle (a mean ensemble of ``ensemble_size`` networks above 1).
 
     The images are split into ``rounds`` folders and the modes take turns on each folder (in a rotating order), so
     a change of load on the shared machine hits every mode alike; the first ``warmup`` images of each run are
     dropped.
     """
     network = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())["network"]
-    ready = prepare(bundle, work / bundle / network, epochs)
+    ready = prepare(bundle, work / bundle / network, epochs, ensemble_size)
+    label = network if ensemble_size == 1 else f"{ensemble_size} x {network}"
     rows = []
     for size in sizes:
         folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
         seconds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-        outputs = {m: work / bundle / network / "out" / f"{m}_{size}" for m in modes}
+        outputs = {m: ready["models"].parent / "out" / f"{m}_{size}_x{ensemble_size}" for m in modes}
         for r, folder in enumerate(folders):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 configs, extra = _mode_overrides(mode, ready["models"], threads)
@@ -201,7 +219,7 @@ def bench_bundle(
                 values.update({"dataset_dir": str(ready["data"]), **ready["task"], **extra})
                 seconds[mode] += time_workflow(bundle, configs, values)[warmup:]
         for mode in modes:
-            row = {"bundle": bundle, "network": network, "input_size": size, "mode": mode}
+            row = {"bundle": bundle, "network": label, "input_size": size, "mode": mode}
             row["n_timed"] = len(seconds[mode])
             totals = [t["total"] for t in seconds[mode]]
             row["p50_ms"] = round(1000 * statistics.median(totals), 1)
@@ -290,8 +308,12 @@ def run(
     epochs: int = 3,
     work: str = str(DEFAULT_WORK),
     out: str = str(DEFAULT_OUT),
+    ensemble_size: str | int | tuple = 1,
 ) -> None:
-    """Benchmark ``bundles`` (default: all), print the table, write the JSON results to ``out``."""
+    """Benchmark ``bundles`` (default: all), print the table, write the JSON results to ``out``.
+
+    ``ensemble_size``: one or more sizes (``1,2``); above 1, a merged mean ensemble of that many networks (seeds or
+    folds) is timed, the latency an ensemble default would have."""
     import onnxruntime
 
     sys.path.insert(0, str(BUNDLES_DIR / "_shared"))
@@ -300,6 +322,7 @@ def run(
     torch.set_num_threads(threads)
     selected = _as_list(bundles, bundle_names())
     size_list, mode_list = [int(s) for s in _as_list(sizes, [])], _as_list(modes, [])
+    ensembles = [int(n) for n in _as_list(ensemble_size, [1])]
     timed = (images // rounds - warmup) * rounds
     if timed < 20 or images % rounds:
         raise ValueError(f"need >= 20 timed images and images divisible by rounds; got {images}, {rounds}, {warmup}.")
@@ -315,6 +338,7 @@ def run(
         "warmup_per_run": warmup,
         "timed_per_mode": timed,
         "train_epochs": epochs,
+        "ensemble_sizes": ensembles,
         "load_average_start": os.getloadavg(),
         "note": "per image: load PNG, preprocess, network at the bundle's spatial_size, invert, findings, save mask; "
         "shared machine (other jobs running): compare ratios within one run",
@@ -322,7 +346,10 @@ def run(
     started = time.perf_counter()
     results = []
     for bundle in selected:
-        results += bench_bundle(bundle, size_list, mode_list, images, rounds, warmup, threads, epochs, Path(work))
+        for n in ensembles:
+            results += bench_bundle(
+                bundle, size_list, mode_list, images, rounds, warmup, threads, epochs, Path(work), n
+            )
     meta.update({"load_average_end": os.getloadavg(), "wall_s": round(time.perf_counter() - started, 1)})
     print(format_table(results))
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -389,3 +389,31 @@ def test_the_empty_case_classifier_trains_on_other_folds_and_scores_fold_0(tmp_p
         assert target == "presence" or sum(map(sum, saved["grade_vs_empty"].values())) == 12
     with pytest.raises(SystemExit, match="presence"):
         empty.classifier(target="grade", dataset_dir=str(data))
+
+
+def test_an_inference_benchmark_ensemble_is_its_members_merged_and_exported(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime
+
+    inference = _load("bench_inference")
+    single = inference.prepare("ph2_melanoma", tmp_path, epochs=1)
+    pair = inference.prepare("ph2_melanoma", tmp_path, epochs=1, ensemble_size=2)
+    assert pair["models"] == tmp_path / "ensemble2" and pair["task"]["ensemble_size"] == 2
+    assert "ensemble_size" not in single["task"] and pair["members"] == [tmp_path / "models", tmp_path / "member1"]
+    assert json.loads((pair["models"] / "ensemble.json").read_text())["ensemble_size"] == 2
+    other = inference.export_bundle("ph2_melanoma", ckpt_dir=tmp_path / "member1", formats="onnx", quiet=True)["onnx"]
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)  # PH2: RGB; batch and size are free
+    outputs = []
+    for path in (single["models"] / "model.onnx", other, pair["models"] / "model.onnx"):
+        session = onnxruntime.InferenceSession(str(path))
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+    def softmax(logits):
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    # two members trained with other seeds, and their merged export gives their mean class probability (its
+    # outputs are log mean probabilities); distinct weights, so the timed graph runs both networks
+    assert np.abs(softmax(outputs[0]) - softmax(outputs[1])).max() > 1e-3
+    np.testing.assert_allclose(np.exp(outputs[2]), (softmax(outputs[0]) + softmax(outputs[1])) / 2, atol=1e-5)
+    assert (pair["models"] / "model.onnx").stat().st_size > 1.8 * (single["models"] / "model.onnx").stat().st_size
