@@ -677,7 +677,7 @@ def _card_section(task: str) -> str:
     for extra in (
         sorted(RESULTS.glob(f"speed_{task}_*.md"))
         + sorted(RESULTS.glob(f"sweep_{task}.md"))
-        + sorted(RESULTS.glob(f"ensemble_{task}.md"))
+        + sorted(RESULTS.glob(f"ensemble_{task}*.md"))
         + sorted(RESULTS.glob(f"empty_cases_{task}.md"))
     ):
         lines += ["", f"From `benchmarks/results/{extra.name}`:", "", *extra.read_text().splitlines()]
@@ -751,7 +751,8 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
     bundle's ``ensemble_merge.json`` and evaluated by its ``evaluate.json`` with ``--ensemble_size n`` on fold 0 at
     the original size, with the bundle's current post-processing; each member is re-evaluated the same way, so the
     gain is measured on the same cases in one run. Every member must have been trained without fold 0 (a fold
-    ensemble scored on fold 0 would have seen it). Writes ``benchmarks/results/ensemble_<task>.{json,md}``.
+    ensemble scored on fold 0 would have seen it). Writes ``benchmarks/results/ensemble_<task>.{json,md}``
+    (``ensemble_<task>_<name>`` for a ``name`` other than ``seeds``, so ensembles of other members sit beside it).
     """
     names = [str(m) for m in (members.split(",") if isinstance(members, str) else members)]  # fire gives a tuple
     runs = [Path(m) if Path(m).is_absolute() else WORK / m for m in names]
@@ -789,7 +790,7 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
         "commit": _commit(),
         "command": command,
     }
-    _save(f"ensemble_{task}", payload, markdown)
+    _save(f"ensemble_{task}" + ("" if name == "seeds" else f"_{name}"), payload, markdown)
     print(markdown)
 
 
