@@ -476,11 +476,15 @@ def _settings(task: str, keys: list[str], overrides: list[str], stage1: dict | N
     """The value each of ``keys`` had in a run: the bundle's ``configs/train.json`` value unless the run's
     ``overrides`` (``["--key", "value", ...]``, as given to the bundle) set it; a pre-trained first stage reads
     ``PRETRAINED``. A key the bundle does not have reads ``DEFAULT``; a ``pretrain_<key>`` key reads the first
-    stage's value (``PRETRAIN`` with the run's ``stage1`` changes; ``DEFAULT`` for a task without one)."""
+    stage's value: ``PRETRAIN`` with the run's ``stage1`` changes, else the bundle's own (the first stage trains
+    ``configs/train.json`` with only those changed: ``pretrain_loss_kwargs`` follows the bundle's loss), ``DEFAULT``
+    for a task without a first stage."""
     given = dict(zip(overrides[::2], overrides[1::2], strict=False))
     first = {**PRETRAIN[task], **(stage1 or {})} if task in PRETRAIN else {}
     staged = [k for k in keys if k.startswith(STAGE1)]
     values = bundle_defaults(task, [k for k in keys if f"--{k}" not in given and k not in staged], missing=DEFAULT)
+    inherited = [k[len(STAGE1) :] for k in staged if k[len(STAGE1) :] not in first] if first else []
+    first |= bundle_defaults(task, inherited, missing=DEFAULT)
     values |= {k: first.get(k[len(STAGE1) :], DEFAULT) for k in staged}
     for key in keys:
         if f"--{key}" in given:

@@ -308,6 +308,13 @@ def test_first_stage_keys_are_split_from_the_bundle_overrides_and_recorded() -> 
         "pretrain_dataset": bench.PRETRAIN["brain_tumor"]["dataset"],
     }
     assert bench._settings("ph2_melanoma", ["pretrain_max_epochs"], []) == {"pretrain_max_epochs": bench.DEFAULT}
+    # a first-stage key PRETRAIN does not set is the bundle's: stage 1 trains the bundle's loss unless told otherwise
+    loss = bench.bundle_defaults("brain_tumor", ["loss_kwargs"])["loss_kwargs"]
+    assert bench._settings("brain_tumor", ["pretrain_loss_kwargs"], []) == {"pretrain_loss_kwargs": loss}
+    changed = {"loss_kwargs": {"batch_dice": True}}
+    assert bench._settings("brain_tumor", ["pretrain_loss_kwargs"], [], changed) == {
+        "pretrain_loss_kwargs": {"batch_dice": True}
+    }
     # a sweep row: the first stage's settings, or none where the point gives its own checkpoint (no first stage)
     keys = ["init_weights", "pretrain_max_epochs", "seed"]
     assert bench.point_settings("brain_tumor", keys, {"seed": 1}) == {
