@@ -73,8 +73,9 @@ def prepare(bundle: str, work: Path, epochs: int, ensemble_size: int = 1) -> dic
 
     ``ensemble_size`` above 1: that many models (seeds 0, 1, ...; ``models/``, ``member<k>/``) merged into one
     mean-ensemble checkpoint by the bundle's ``configs/ensemble_merge.json``, as a seed or fold ensemble ships, and
-    exported, in ``ensemble<n>/``. The members are trained apart, not copied: ONNX Runtime would fold the branches
-    of identical copies (same weights, same input) into one and time a single network."""
+    exported, in ``ensemble<n>/``. The members are trained apart, not copied: the ONNX exporter stores identical
+    copies' weights once (a two-copy export was the size of one network), and branches with the same weights and
+    input are what ONNX Runtime's common-subexpression elimination may merge, timing one network for two."""
     data = work / "data"
     if not (data / "datalist.json").is_file():
         make_demo_dataset(bundle, data, n=20, seed=1, overwrite=True)
