@@ -482,9 +482,11 @@ def _settings(task: str, keys: list[str], overrides: list[str], stage1: dict | N
     given = dict(zip(overrides[::2], overrides[1::2], strict=False))
     first = {**PRETRAIN[task], **(stage1 or {})} if task in PRETRAIN else {}
     staged = [k for k in keys if k.startswith(STAGE1)]
-    values = bundle_defaults(task, [k for k in keys if f"--{k}" not in given and k not in staged], missing=DEFAULT)
     inherited = [k[len(STAGE1) :] for k in staged if k[len(STAGE1) :] not in first] if first else []
-    first |= bundle_defaults(task, inherited, missing=DEFAULT)
+    plain = [k for k in keys if f"--{k}" not in given and k not in staged]
+    bundle = bundle_defaults(task, list(dict.fromkeys([*plain, *inherited])), missing=DEFAULT)  # one config read
+    values = {k: bundle[k] for k in plain}
+    first |= {k: bundle[k] for k in inherited}
     values |= {k: first.get(k[len(STAGE1) :], DEFAULT) for k in staged}
     for key in keys:
         if f"--{key}" in given:
