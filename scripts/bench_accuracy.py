@@ -143,17 +143,34 @@ def training_modules(task: str) -> list[Path]:
     return [p for p in [scripts / "__init__.py", *(scripts / f"{n}.py" for n in sorted(seen))] if p.is_file()]
 
 
+STAGE1_SET = ("dataset_dir", "ckpt_dir", "output_dir", "time_limit_minutes")  # keys :func:`pretrain` always sets
+
+
+def stage1_config(task: str, spec: dict) -> dict:
+    """The part of the bundle's ``configs/train.json`` a first stage with settings ``spec`` trains from: the config
+    less its top-level keys that the stage sets itself (``spec`` and ``STAGE1_SET``) and the plain settings (no
+    component, expression or reference inside) that nothing in the config refers to (``@key``; e.g. ``tta_views``,
+    read only by ``evaluate.json``). Entry points (``run``, ``initialize``) and ``imports`` hold expressions and
+    stay. So a change to a fine-tune or evaluation-only default (the fine-tune's ``max_epochs``, ``tta_views``)
+    keeps a cached first stage, and any other change to the config trains it again."""
+    config = json.loads((ROOT / "bundles" / task / "configs" / "train.json").read_text())
+    referenced = set(re.findall(r"[@%]([A-Za-z_]\w*)", json.dumps(config)))
+
+    def acts(key: str, value: object) -> bool:
+        text = json.dumps(value)
+        return key in referenced or any(mark in text for mark in ('"_target_"', '"$', '"@', '"%'))
+
+    set_by_stage = set(spec) | set(STAGE1_SET)
+    return {k: v for k, v in config.items() if k not in set_by_stage and acts(k, v)}
+
+
 def _stage1_fingerprint(task: str, spec: dict) -> str:
-    """What a first-stage checkpoint depends on: its settings, the bundle's train config, the bundle code training
-    uses (:func:`training_modules`) and the stage-1 datalist. A cached checkpoint is reused only while this is
-    unchanged."""
+    """What a first-stage checkpoint depends on: its settings, what it reads of the bundle's train config
+    (:func:`stage1_config`), the bundle code training uses (:func:`training_modules`) and the stage-1 datalist. A
+    cached checkpoint is reused only while this is unchanged."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    files = [
-        ROOT / "bundles" / task / "configs" / "train.json",
-        ROOT / "data" / "prepared" / spec["dataset"] / "datalist.json",
-    ]
-    files += training_modules(task)
-    for path in files:
+    digest.update(json.dumps(stage1_config(task, spec), sort_keys=True).encode())
+    for path in [ROOT / "data" / "prepared" / spec["dataset"] / "datalist.json", *training_modules(task)]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

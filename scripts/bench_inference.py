@@ -6,6 +6,7 @@ Usage::
     python scripts/bench_inference.py run [--bundles ph2_melanoma,trus_prostate] [--sizes 256,512] [--threads 1]
     python scripts/bench_inference.py run --modes fp32,bf16,onnx --threads 2
     python scripts/bench_inference.py run --bundles brain_tumor --ensemble_size 1,2   # a 2-network mean ensemble too
+    python scripts/bench_inference.py run --bundles brain_tumor --tta_views 1,4       # 4-view flip TTA too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
 
 For each bundle (its current default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
@@ -198,8 +199,10 @@ def bench_bundle(
     epochs: int,
     work: Path,
     ensemble_size: int = 1,
+    tta_views: int = 1,
 ) -> list[dict[str, Any]]:
-    """Every mode at every input size for one bundle (a mean ensemble of ``ensemble_size`` networks above 1).
+    """Every mode at every input size for one bundle (a mean ensemble of ``ensemble_size`` networks above 1, each
+    image run through ``tta_views`` flip views: the bundle's ``tta_views``).
 
     The images are split into ``rounds`` folders and the modes take turns on each folder (in a rotating order), so
     a change of load on the shared machine hits every mode alike; the first ``warmup`` images of each run are
@@ -208,19 +211,21 @@ def bench_bundle(
     network = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())["network"]
     ready = prepare(bundle, work / bundle / network, epochs, ensemble_size)
     label = network if ensemble_size == 1 else f"{ensemble_size} x {network}"
+    label += "" if tta_views == 1 else f", {tta_views} flip views"
     rows = []
     for size in sizes:
         folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
         seconds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-        outputs = {m: ready["models"].parent / "out" / f"{m}_{size}_x{ensemble_size}" for m in modes}
+        outputs = {m: ready["models"].parent / "out" / f"{m}_{size}_x{ensemble_size}_tta{tta_views}" for m in modes}
         for r, folder in enumerate(folders):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 configs, extra = _mode_overrides(mode, ready["models"], threads)
                 values = {"input_dir": str(folder), "output_dir": str(outputs[mode]), "ckpt_dir": str(ready["models"])}
-                values.update({"dataset_dir": str(ready["data"]), **ready["task"], **extra})
+                values.update({"dataset_dir": str(ready["data"]), **ready["task"], "tta_views": tta_views, **extra})
                 seconds[mode] += time_workflow(bundle, configs, values)[warmup:]
         for mode in modes:
             row = {"bundle": bundle, "network": label, "input_size": size, "mode": mode}
+            row.update({"ensemble_size": ensemble_size, "tta_views": tta_views})
             row["n_timed"] = len(seconds[mode])
             totals = [t["total"] for t in seconds[mode]]
             row["p50_ms"] = round(1000 * statistics.median(totals), 1)
@@ -235,18 +240,27 @@ def bench_bundle(
     return rows
 
 
+def _group(row: dict[str, Any]) -> str:
+    """The bundle a row times, with its network when that is more than one plain pass (an ensemble, TTA)."""
+    plain = row.get("ensemble_size", 1) == 1 and row.get("tta_views", 1) == 1 and " x " not in row["network"]
+    return row["bundle"] if plain else f"{row['bundle']} ({row['network']})"
+
+
 def fastest(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """Per bundle and input size, the fastest mode whose masks are correct."""
+    """Per bundle (an ensemble or TTA row apart, as ``bundle (network)``) and input size, the fastest mode whose
+    masks are correct."""
     best: dict[str, dict[str, str]] = {}
     for r in results:
-        current = best.setdefault(r["bundle"], {}).get(str(r["input_size"]))
-        if r["correct"] and (current is None or r["p50_ms"] < _p50(results, r["bundle"], r["input_size"], current)):
-            best[r["bundle"]][str(r["input_size"])] = r["mode"]
+        key = _group(r)
+        current = best.setdefault(key, {}).get(str(r["input_size"]))
+        if r["correct"] and (current is None or r["p50_ms"] < _p50(results, r, current)):
+            best[key][str(r["input_size"])] = r["mode"]
     return best
 
 
-def _p50(results: list[dict[str, Any]], bundle: str, size: int, mode: str) -> float:
-    return next(r["p50_ms"] for r in results if (r["bundle"], r["input_size"], r["mode"]) == (bundle, size, mode))
+def _p50(results: list[dict[str, Any]], like: dict[str, Any], mode: str) -> float:
+    same = (like["bundle"], like["network"], like["input_size"], mode)
+    return next(r["p50_ms"] for r in results if (r["bundle"], r["network"], r["input_size"], r["mode"]) == same)
 
 
 def _stages(row: dict[str, Any]) -> list[str]:
@@ -266,8 +280,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
     head = ["bundle", "network", "input"] + [f"{m} p50 ms" for m in modes] + ["min agreement", "fastest correct"]
     head += ["fp32 pre/net/post ms", "max speed-up (network -> 0)"]
     rows = [head]
-    for bundle, size in dict.fromkeys((r["bundle"], r["input_size"]) for r in results):
-        group = {r["mode"]: r for r in results if (r["bundle"], r["input_size"]) == (bundle, size)}
+    for bundle, network, size in dict.fromkeys((r["bundle"], r["network"], r["input_size"]) for r in results):
+        group = {
+            r["mode"]: r for r in results if (r["bundle"], r["network"], r["input_size"]) == (bundle, network, size)
+        }
         base = group.get("fp32", {}).get("p50_ms")
         cells = []
         for m in modes:
@@ -278,11 +294,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 bundle,
-                group[modes[0]]["network"],
+                network,
                 f"{size}x{size}",
                 *cells,
                 f"{100 * agreement:.2f}%",
-                best.get(bundle, {}).get(str(size), "-"),
+                best.get(_group(next(iter(group.values()))), {}).get(str(size), "-"),
                 *_stages(group.get("fp32", {})),
             ]
         )
@@ -310,11 +326,13 @@ def run(
     work: str = str(DEFAULT_WORK),
     out: str = str(DEFAULT_OUT),
     ensemble_size: str | int | tuple = 1,
+    tta_views: str | int | tuple = 1,
 ) -> None:
     """Benchmark ``bundles`` (default: all), print the table, write the JSON results to ``out``.
 
     ``ensemble_size``: one or more sizes (``1,2``); above 1, a merged mean ensemble of that many networks (seeds or
-    folds) is timed, the latency an ensemble default would have."""
+    folds) is timed, the latency an ensemble default would have. ``tta_views``: one or more of the bundle's
+    ``tta_views`` (``1,4``); each is timed with every ensemble size."""
     import onnxruntime
 
     sys.path.insert(0, str(BUNDLES_DIR / "_shared"))
@@ -324,6 +342,7 @@ def run(
     selected = _as_list(bundles, bundle_names())
     size_list, mode_list = [int(s) for s in _as_list(sizes, [])], _as_list(modes, [])
     ensembles = [int(n) for n in _as_list(ensemble_size, [1])]
+    views = [int(n) for n in _as_list(tta_views, [1])]
     timed = (images // rounds - warmup) * rounds
     if timed < 20 or images % rounds:
         raise ValueError(f"need >= 20 timed images and images divisible by rounds; got {images}, {rounds}, {warmup}.")
@@ -340,6 +359,7 @@ def run(
         "timed_per_mode": timed,
         "train_epochs": epochs,
         "ensemble_sizes": ensembles,
+        "tta_views": views,
         "load_average_start": os.getloadavg(),
         "note": "per image: load PNG, preprocess, network at the bundle's spatial_size, invert, findings, save mask; "
         "shared machine (other jobs running): compare ratios within one run",
@@ -348,9 +368,10 @@ def run(
     results = []
     for bundle in selected:
         for n in ensembles:
-            results += bench_bundle(
-                bundle, size_list, mode_list, images, rounds, warmup, threads, epochs, Path(work), n
-            )
+            for v in views:
+                results += bench_bundle(
+                    bundle, size_list, mode_list, images, rounds, warmup, threads, epochs, Path(work), n, v
+                )
     meta.update({"load_average_end": os.getloadavg(), "wall_s": round(time.perf_counter() - started, 1)})
     print(format_table(results))
     Path(out).parent.mkdir(parents=True, exist_ok=True)

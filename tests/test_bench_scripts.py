@@ -370,6 +370,33 @@ def test_a_first_stage_depends_on_the_code_training_uses_not_on_inference_code()
     assert "onnx_inferer.py" not in names and "report.py" not in names  # inference and reporting only
 
 
+def test_a_first_stage_is_kept_through_changes_to_settings_it_sets_itself_or_never_reads(
+    tmp_path: Path, monkeypatch
+) -> None:
+    configs = tmp_path / "bundles" / "brain_tumor" / "configs"
+    shutil.copytree(ROOT / "bundles" / "brain_tumor" / "configs", configs)
+    shutil.copytree(ROOT / "bundles" / "_shared" / "scripts", tmp_path / "bundles" / "_shared" / "scripts")
+    (tmp_path / "data" / "prepared" / "brain2146").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "brain2146" / "datalist.json").write_text("{}")
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    spec = bench.PRETRAIN["brain_tumor"]
+    config = json.loads((configs / "train.json").read_text())
+    kept = bench.stage1_config("brain_tumor", spec)
+    assert {"run", "initialize", "imports", "network_def", "learning_rate", "spatial_size"} <= set(kept)
+    assert {"tta_views", "max_epochs", "dataset_dir", "amp"}.isdisjoint(kept)  # unread, or set by the stage
+
+    def fingerprint_with(**changes) -> str:
+        (configs / "train.json").write_text(json.dumps({**config, **changes}, indent=4))
+        return bench._stage1_fingerprint("brain_tumor", spec)
+
+    base = fingerprint_with()
+    assert fingerprint_with(tta_views=4, max_epochs=999) == base  # evaluation-only, and the stage's own epochs
+    assert fingerprint_with(learning_rate=config["learning_rate"] * 2) != base  # what training reads
+    assert fingerprint_with(spatial_size=[128, 128]) != base
+    assert fingerprint_with(unknown_block={"_target_": "Identity"}) != base  # a component may act unreferenced
+    assert bench._stage1_fingerprint("brain_tumor", {**spec, "max_epochs": 2}) != base  # the stage's settings
+
+
 def test_auc_is_the_chance_a_positive_case_scores_above_a_negative_one() -> None:
     import numpy as np
 
@@ -424,3 +451,33 @@ def test_an_inference_benchmark_ensemble_is_its_members_merged_and_exported(tmp_
     assert np.abs(softmax(outputs[0]) - softmax(outputs[1])).max() > 1e-3
     np.testing.assert_allclose(np.exp(outputs[2]), (softmax(outputs[0]) + softmax(outputs[1])) / 2, atol=1e-5)
     assert (pair["models"] / "model.onnx").stat().st_size > 1.8 * (single["models"] / "model.onnx").stat().st_size
+
+
+def test_an_inference_table_keeps_each_network_and_tta_setting_of_a_bundle_apart() -> None:
+    inference = _load("bench_inference")
+
+    def row(network: str, mode: str, p50: float, ensemble: int = 1, views: int = 1, correct: bool = True) -> dict:
+        stages = {"p50_load_pre_ms": 5.0, "p50_network_ms": p50 - 10.0, "p50_post_ms": 5.0}
+        return {"bundle": "brain_tumor", "network": network, "input_size": 256, "mode": mode, "p50_ms": p50,
+                "ensemble_size": ensemble, "tta_views": views, "correct": correct, **stages}  # fmt: skip
+
+    results = [row("unet", "fp32", 40.0), row("unet", "onnx", 35.0)]
+    results += [row("unet, 4 flip views", "fp32", 120.0, views=4), row("unet, 4 flip views", "onnx", 90.0, views=4)]
+    results += [row("2 x unet", "fp32", 70.0, ensemble=2), row("2 x unet", "onnx", 60.0, ensemble=2, correct=False)]
+    older = row("2 x unet", "fp32", 75.0)  # a record from before the rows held their counts
+    del older["ensemble_size"], older["tta_views"]
+    best = inference.fastest(results)
+    # one plain pass keeps the bundle's own key; the others are apart, and an incorrect mode never wins
+    assert best == {
+        "brain_tumor": {"256": "onnx"},
+        "brain_tumor (unet, 4 flip views)": {"256": "onnx"},
+        "brain_tumor (2 x unet)": {"256": "fp32"},
+    }
+    lines = inference.format_table(results).splitlines()
+    assert len(lines) == 4 and [line.split("  ")[1].strip() for line in lines[1:]] == [
+        "unet",
+        "unet, 4 flip views",
+        "2 x unet",
+    ]
+    assert "90 (0.75x)" in lines[2] and "60 (0.86x)" in lines[3]
+    assert inference._group(older) == "brain_tumor (2 x unet)"
