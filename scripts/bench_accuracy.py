@@ -427,6 +427,7 @@ def postprocess(
     tasks: str = "all",
     grid: str | dict = '{"tta_views": [1, 4], "keep_largest_component": [false, true], "fill_holes": [false, true]}',
     run: str = "",
+    name: str = "",
 ) -> None:
     """Re-evaluate each task's trained checkpoint (``benchmarks/work/<task>/models``, from ``run``) over a grid of
     evaluation-time options: flip TTA views, largest component, hole filling, minimum component size.
@@ -434,7 +435,8 @@ def postprocess(
     ``run``: another trained run folder, relative to ``benchmarks/work`` (e.g. a sweep point,
     ``sweep/trus_prostate/spatial_size-_384_384__20ep``; put its recipe keys such as ``spatial_size`` in the grid).
     Writes ``benchmarks/results/postprocess_<task>.{json,md}`` (``postprocess_<task>_<run folder>`` for another
-    run) and prints the table and the best setting.
+    run; ``name`` adds ``_<name>``, so another grid on the same checkpoint keeps the earlier file) and prints the
+    table and the best setting.
     """
     for task in _names(tasks):
         work = WORK / (run or task)
@@ -459,9 +461,15 @@ def postprocess(
             "hardware": _hardware(),
         }
         record["command"] = (
-            f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{_grid_text(grid)}'"
-        ) + (f" --run {run}" if run else "")
-        _save(f"postprocess_{task}" + (f"_{Path(run).name}" if run else ""), record, markdown)
+            (f"python scripts/bench_accuracy.py postprocess --tasks {task} --grid '{_grid_text(grid)}'")
+            + (f" --run {run}" if run else "")
+            + (f" --name {name}" if name else "")
+        )
+        _save(
+            f"postprocess_{task}" + (f"_{Path(run).name}" if run else "") + (f"_{name}" if name else ""),
+            record,
+            markdown,
+        )
         print(markdown)
 
 

@@ -397,6 +397,33 @@ def test_a_first_stage_is_kept_through_changes_to_settings_it_sets_itself_or_nev
     assert bench._stage1_fingerprint("brain_tumor", {**spec, "max_epochs": 2}) != base  # the stage's settings
 
 
+def test_a_named_postprocess_grid_keeps_the_earlier_file_of_the_same_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    run = "sweep/trus_prostate/seed-0_40ep"
+    (tmp_path / "work" / run / "models").mkdir(parents=True)
+    (tmp_path / "work" / run / "models" / "model.pt").write_bytes(b"")
+    seen = []
+
+    def fake_evaluate(task: str, work: Path, overrides: list[str], out: Path) -> dict:
+        seen.append(overrides)
+        views = int(overrides[overrides.index("--tta_views") + 1])
+        dice = {"n": 2, "mean": 0.5 + 0.01 * views, "median": 0.5, "worst": 0.1}
+        scores = {"dice_nonempty": dice, "jaccard_nonempty": {**dice, "mean": 0.4}, "pooled_dice": 0.6}
+        return {
+            "classes": {"1": {**scores, "pooled_jaccard": 0.45, "empty_truth_cases": 1, "empty_predicted_empty": 1}}
+        }
+
+    monkeypatch.setattr(bench, "evaluate_task", fake_evaluate)
+    bench.postprocess("trus_prostate", grid='{"tta_views": [1, 3]}', run=run)
+    bench.postprocess("trus_prostate", grid='{"tta_views": [1, 4]}', run=run, name="tta")
+    first = json.loads((tmp_path / "results" / "postprocess_trus_prostate_seed-0_40ep.json").read_text())
+    named = json.loads((tmp_path / "results" / "postprocess_trus_prostate_seed-0_40ep_tta.json").read_text())
+    assert [r["tta_views"] for r in first["rows"]] == [1, 3] and [r["tta_views"] for r in named["rows"]] == [1, 4]
+    assert named["best"]["tta_views"] == 4 and named["command"].endswith(f"--run {run} --name tta")
+    assert "--name" not in first["command"] and len(seen) == 4
+
+
 def test_auc_is_the_chance_a_positive_case_scores_above_a_negative_one() -> None:
     import numpy as np
 
