@@ -185,6 +185,14 @@ def test_flip_tta_inferer_averages_probabilities_over_flips() -> None:
         ).mean(0)
     # the bundle's Activationsd(softmax=True) turns the returned log-probabilities back into the mean
     assert torch.allclose(torch.softmax(out, 1), expected, atol=1e-6)
+    batches = []
+
+    def counting(inputs, network):  # a base inferer (ONNX Runtime in the bundles) sees the views as one batch
+        batches.append(inputs.shape[0])
+        return network(inputs)
+
+    with torch.no_grad():
+        assert torch.allclose(FlipTTAInferer(4, base=counting)(x, net), out, atol=1e-6) and batches == [8]
     with pytest.raises(ValueError, match="square"):
         FlipTTAInferer(8)(x, net)
     with pytest.raises(ValueError, match="tta_views"):
