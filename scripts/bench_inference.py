@@ -9,7 +9,7 @@ Usage::
     python scripts/bench_inference.py run --bundles brain_tumor --tta_views 1,4       # 4-view flip TTA too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
 
-For each bundle (its current default network and ``spatial_size``): a model is trained for ``epochs`` epochs on synthetic
+For each bundle (its current default network, ``spatial_size`` and ``tta_views``): a model is trained for ``epochs`` epochs on synthetic
 data at 64x64 (weights only matter for the masks being non-trivial) and exported to TorchScript and ONNX
 (``scripts/export_bundle.py``), all under ``benchmarks/work/inference/<bundle>/<network>``. Then, per input size, ``images`` synthetic
 PNGs of ``size x size`` go through the bundle's inference workflow (``configs/inference.json``: load, preprocess,
@@ -199,16 +199,18 @@ def bench_bundle(
     epochs: int,
     work: Path,
     ensemble_size: int = 1,
-    tta_views: int = 1,
+    tta_views: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every mode at every input size for one bundle (a mean ensemble of ``ensemble_size`` networks above 1, each
-    image run through ``tta_views`` flip views: the bundle's ``tta_views``).
+    image run through ``tta_views`` flip views: the bundle's ``tta_views``, its own default for None).
 
     The images are split into ``rounds`` folders and the modes take turns on each folder (in a rotating order), so
     a change of load on the shared machine hits every mode alike; the first ``warmup`` images of each run are
     dropped.
     """
-    network = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())["network"]
+    defaults = json.loads((BUNDLES_DIR / bundle / "configs" / "inference.json").read_text())
+    network = defaults["network"]
+    tta_views = int(defaults["tta_views"] if tta_views is None else tta_views)
     ready = prepare(bundle, work / bundle / network, epochs, ensemble_size)
     label = network if ensemble_size == 1 else f"{ensemble_size} x {network}"
     label += "" if tta_views == 1 else f", {tta_views} flip views"
@@ -326,13 +328,14 @@ def run(
     work: str = str(DEFAULT_WORK),
     out: str = str(DEFAULT_OUT),
     ensemble_size: str | int | tuple = 1,
-    tta_views: str | int | tuple = 1,
+    tta_views: str | int | tuple | None = None,
 ) -> None:
     """Benchmark ``bundles`` (default: all), print the table, write the JSON results to ``out``.
 
     ``ensemble_size``: one or more sizes (``1,2``); above 1, a merged mean ensemble of that many networks (seeds or
     folds) is timed, the latency an ensemble default would have. ``tta_views``: one or more of the bundle's
-    ``tta_views`` (``1,4``); each is timed with every ensemble size."""
+    ``tta_views`` (``1,4``; default: each bundle's own, e.g. 3 for brain_tumor), each timed with every ensemble
+    size."""
     import onnxruntime
 
     sys.path.insert(0, str(BUNDLES_DIR / "_shared"))
@@ -342,7 +345,7 @@ def run(
     selected = _as_list(bundles, bundle_names())
     size_list, mode_list = [int(s) for s in _as_list(sizes, [])], _as_list(modes, [])
     ensembles = [int(n) for n in _as_list(ensemble_size, [1])]
-    views = [int(n) for n in _as_list(tta_views, [1])]
+    views = [None] if tta_views is None else [int(n) for n in _as_list(tta_views, [])]
     timed = (images // rounds - warmup) * rounds
     if timed < 20 or images % rounds:
         raise ValueError(f"need >= 20 timed images and images divisible by rounds; got {images}, {rounds}, {warmup}.")
@@ -359,7 +362,7 @@ def run(
         "timed_per_mode": timed,
         "train_epochs": epochs,
         "ensemble_sizes": ensembles,
-        "tta_views": views,
+        "tta_views": views if tta_views is not None else "each bundle's default",
         "load_average_start": os.getloadavg(),
         "note": "per image: load PNG, preprocess, network at the bundle's spatial_size, invert, findings, save mask; "
         "shared machine (other jobs running): compare ratios within one run",
