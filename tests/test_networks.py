@@ -23,6 +23,7 @@ if str(SHARED_DIR) not in sys.path:
 
 from scripts.networks import (  # noqa: E402
     NETWORKS,
+    FastDropout,
     MaxUnpool,
     PresenceGatedNet,
     ResNeXtEncoder,
@@ -175,6 +176,42 @@ def test_dropout_sampling(name):
         assert not torch.allclose(net(x), net(x)), "enable_mc_dropout did not activate dropout"
     assert not any(m.training for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase))
     assert any(m.training for m in net.modules())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fast_dropout_keeps_each_element_with_probability_one_minus_p(p):
+    """Keep fraction, scale, independence of neighbours, gradient and seeding, as ``nn.Dropout``."""
+    layer = FastDropout(p).train()
+    x = torch.ones(399, 1001, requires_grad=True)  # odd element count: the last int64 is half used
+    torch.manual_seed(0)
+    y = layer(x)
+    kept = y.detach() > 0
+    n = kept.numel()
+    # binomial: 5 standard deviations
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.allclose(y.detach()[kept], torch.full_like(y.detach()[kept], 1 / (1 - p)))
+    assert torch.equal(y.detach()[~kept], torch.zeros_like(y.detach()[~kept]))
+    # the two halves of each 64-bit draw are independent: neighbours kept together at (1 - p)^2
+    flat = kept.flatten()[: n - 1].float()
+    both = (flat[0::2] * flat[1::2]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 / (n / 2)) ** 0.5
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask * s)/dx = mask * s, and x is ones
+    torch.manual_seed(0)
+    assert torch.equal(layer(x.detach()), y.detach()), "not reproducible from the seeded generator"
+
+
+def test_fast_dropout_is_nn_dropout_where_it_does_not_sample():
+    x = torch.randn(3, 4, 8, 8)
+    assert torch.equal(FastDropout(0.3).eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    net = build_network("unet", 1, 2, dropout=0.2, **SMALL["unet"])
+    layers = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    assert layers and all(type(m) is FastDropout and m.p == 0.2 for m in layers)
+    plain = build_network("unet", 1, 2, dropout=0.2, **SMALL["unet"])
+    plain.load_state_dict(net.state_dict())  # no parameters or buffers added
+    torch.jit.script(net.eval())  # what ckpt_export runs
 
 
 @pytest.mark.parametrize("name", NAMES)
