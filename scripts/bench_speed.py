@@ -137,6 +137,7 @@ def floor(
     out: str = "",
     update: bool = True,
     compile: bool = False,  # noqa: A002 (the option's name on the command line)
+    plain_dropout: bool = False,
 ) -> None:
     """The compute floor of a training epoch: the bare training step of the bundle's network, loss and optimizer on
     a synthetic batch already in memory (no data loading, no augmentation, no engine), in fp32 and with AMP.
@@ -147,6 +148,8 @@ def floor(
     ``benchmarks/results/speed_<task>_<device>.{json,md}`` when that record exists (with the ceiling ratio against its
     baseline). ``--compile True`` also times the step under ``torch.compile`` (inductor), with its compilation
     time, as ``fp32_compiled`` / ``amp_compiled`` beside the eager figures (the ceiling ratios stay the eager ones).
+    ``--plain_dropout True`` also times the fp32 step with PyTorch's own ``nn.Dropout`` in place of the bundles'
+    ``FastDropout`` (``fp32_nn_dropout``), in the same run.
     """
     import torch
     from monai.bundle import ConfigParser
@@ -156,6 +159,7 @@ def floor(
     import scripts.data
     import scripts.optim
     from scripts.engines import amp_mode
+    from scripts.networks import use_fast_dropout
 
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,9 +172,11 @@ def floor(
     figures = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": batch, "n_train": n_train}
     variants = [("fp32", False, False), ("amp", True, False)]
     variants += [("fp32_compiled", False, True), ("amp_compiled", True, True)] if compile else []
+    variants += [("fp32_nn_dropout", False, False)] if plain_dropout else []
     for tag, amp, compiled in variants:
         torch.manual_seed(0)
         net = parser.get_parsed_content("network_def", lazy=False).to(dev)  # a fresh network per precision
+        net = use_fast_dropout(net, enable=tag != "fp32_nn_dropout")
         model = torch.compile(net) if compiled else net
         loss_function = parser.get_parsed_content("loss_function")
         optimizer = scripts.optim.build_optimizer(
@@ -201,6 +207,9 @@ def floor(
         figures[f"{tag}_images_per_s"] = round(img_s, 2)
         figures[f"{tag}_floor_epoch_s"] = round(n_train / img_s, 3)
     figures["command"] = f"python scripts/bench_speed.py floor --task {task}" + (" --compile True" if compile else "")
+    figures["command"] += (f" --steps {steps}" if steps != 8 else "") + (
+        " --plain_dropout True" if plain_dropout else ""
+    )
     record = RESULTS / f"{_record_name(task, dev.type)}.json"
     if update and record.is_file():
         payload = json.loads(record.read_text())
