@@ -33,6 +33,7 @@ from scripts.networks import (  # noqa: E402
     enable_mc_dropout,
     fix_monai_encoders,
     load_weights,
+    use_fast_dropout,
 )
 
 NAMES = [
@@ -212,6 +213,8 @@ def test_fast_dropout_is_nn_dropout_where_it_does_not_sample():
     plain = build_network("unet", 1, 2, dropout=0.2, **SMALL["unet"])
     plain.load_state_dict(net.state_dict())  # no parameters or buffers added
     torch.jit.script(net.eval())  # what ckpt_export runs
+    use_fast_dropout(plain, enable=False)  # what bench_speed floor --plain_dropout times against
+    assert [(type(m), m.p) for m in plain.modules() if isinstance(m, nn.Dropout)] == [(nn.Dropout, 0.2)] * len(layers)
 
 
 @pytest.mark.parametrize("name", NAMES)
