@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -38,16 +37,7 @@ WORK = ROOT / "benchmarks" / "work"
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from lesiondata.hardware import cpu_name  # noqa: E402
 
 
 def _hardware() -> str:
@@ -55,7 +45,7 @@ def _hardware() -> str:
     from scripts.engines import cpu_supports_bf16  # where --amp True trains in bf16 (elsewhere in fp32)
 
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16 (amp = fp32)"
-    return f"{_cpu()}, {os.cpu_count()} cores, {bf16}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {bf16}"
 
 
 def _commit() -> str:

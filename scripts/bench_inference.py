@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from lesiondata.bundles import BUNDLES_DIR, bundle_names, override_args, run_monai_bundle  # noqa: E402
 from lesiondata.export import export_bundle  # noqa: E402
+from lesiondata.hardware import cpu_name  # noqa: E402
 from lesiondata.maskstats import mask_agreement  # noqa: E402
 from lesiondata.synthetic import make_demo_dataset  # noqa: E402
 
@@ -60,13 +60,6 @@ MODES = ("fp32", "bf16", "torchscript", "onnx")
 DEFAULT_MODES = MODES
 AGREEMENT = 0.995
 TRAIN = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def prepare(bundle: str, work: Path, epochs: int, ensemble_size: int = 1) -> dict[str, Any]:
@@ -350,7 +343,7 @@ def run(
     if timed < 20 or images % rounds:
         raise ValueError(f"need >= 20 timed images and images divisible by rounds; got {images}, {rounds}, {warmup}.")
     meta = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
         "monai": monai.__version__,

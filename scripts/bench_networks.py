@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -42,17 +41,11 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bundles" / "_shared"))
 
+from lesiondata.hardware import cpu_name  # noqa: E402 (scripts/ is this file's folder)
 from scripts.networks import NETWORKS, build_network  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "networks_cpu.json"
 DTYPES = ("fp32", "bf16")
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def _autocast(dtype: str) -> torch.autocast:
@@ -192,7 +185,7 @@ def run(names: str | tuple | None = None, threads: int = 2, out: str = str(DEFAU
     torch.set_num_threads(threads)
     selected = list(NETWORKS) if names is None else names.split(",") if isinstance(names, str) else list(names)
     meta = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
         "monai": monai.__version__,

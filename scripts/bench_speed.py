@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "scripts"))
 from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
+from lesiondata.hardware import cpu_name  # noqa: E402
 
 DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
 
@@ -49,8 +50,13 @@ def _seeds(seeds) -> list[int]:
     return [int(s) for s in str(seeds).split(",") if s.strip()]
 
 
-def baseline(task: str, dataset_dir: str, epochs: int, seed: int, out: str, device: str = "auto") -> None:
-    """Train the plain PyTorch baseline once and write its epoch times and final validation Dice to ``out``."""
+def baseline(
+    task: str, dataset_dir: str, epochs: int, seed: int, out: str, device: str = "auto", dropout: str = "plain"
+) -> None:
+    """Train the plain PyTorch baseline once and write its epoch times and final validation Dice to ``out``.
+
+    ``dropout``: ``plain`` (the seeds' way: the network's dropout layers are PyTorch's ``nn.Dropout``, as MONAI's
+    networks ship) or ``fast`` (the bundles' ``FastDropout``, the same layer the bundle side trains with)."""
     import torch
     from monai.bundle import ConfigParser
     from monai.metrics import DiceMetric
@@ -68,8 +74,12 @@ def baseline(task: str, dataset_dir: str, epochs: int, seed: int, out: str, devi
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"bundle_root": str(bundle), "dataset_dir": dataset_dir, "max_epochs": epochs, "seed": seed})
     parser.update({"device": f"$torch.device('{dev}')"})
+    if dropout not in ("plain", "fast"):
+        raise SystemExit(f"--dropout {dropout!r}: use plain (nn.Dropout, the seeds' way) or fast (FastDropout)")
+    from scripts.networks import use_fast_dropout
+
     set_determinism(seed=seed)
-    net = parser.get_parsed_content("net")
+    net = use_fast_dropout(parser.get_parsed_content("net"), enable=dropout == "fast")
     loss_function = parser.get_parsed_content("loss_function")
     optimizer = parser.get_parsed_content("optim")
     scheduler = parser.get_parsed_content("lr_scheduler")
@@ -138,6 +148,7 @@ def floor(
     update: bool = True,
     compile: bool = False,  # noqa: A002 (the option's name on the command line)
     plain_dropout: bool = False,
+    record: str = "",
 ) -> None:
     """The compute floor of a training epoch: the bare training step of the bundle's network, loss and optimizer on
     a synthetic batch already in memory (no data loading, no augmentation, no engine), in fp32 and with AMP.
@@ -148,8 +159,9 @@ def floor(
     ``benchmarks/results/speed_<task>_<device>.{json,md}`` when that record exists (with the ceiling ratio against its
     baseline). ``--compile True`` also times the step under ``torch.compile`` (inductor), with its compilation
     time, as ``fp32_compiled`` / ``amp_compiled`` beside the eager figures (the ceiling ratios stay the eager ones).
-    ``--plain_dropout True`` also times the fp32 step with PyTorch's own ``nn.Dropout`` in place of the bundles'
-    ``FastDropout`` (``fp32_nn_dropout``), in the same run.
+    ``--plain_dropout True`` also times the step with PyTorch's own ``nn.Dropout`` in place of the bundles'
+    ``FastDropout`` (``fp32_nn_dropout``, ``amp_nn_dropout``), in the same run. ``record``: the stem of the record
+    to update instead of ``speed_<task>_<device>`` (as ``run --record`` names it).
     """
     import torch
     from monai.bundle import ConfigParser
@@ -169,14 +181,15 @@ def floor(
     n_train = len(scripts.data.load_split(dataset_dir, "train", 0, check_files=False))
     batch, channels = parser.get_parsed_content("batch_size"), parser.get_parsed_content("in_channels")
     size = list(parser.get_parsed_content("spatial_size"))
-    figures = {"device": str(dev), "threads": torch.get_num_threads(), "batch_size": batch, "n_train": n_train}
+    figures = {"device": str(dev), "cpu": cpu_name(), "threads": torch.get_num_threads()}
+    figures.update({"batch_size": batch, "n_train": n_train})
     variants = [("fp32", False, False), ("amp", True, False)]
     variants += [("fp32_compiled", False, True), ("amp_compiled", True, True)] if compile else []
-    variants += [("fp32_nn_dropout", False, False)] if plain_dropout else []
+    variants += [("fp32_nn_dropout", False, False), ("amp_nn_dropout", True, False)] if plain_dropout else []
     for tag, amp, compiled in variants:
         torch.manual_seed(0)
         net = parser.get_parsed_content("network_def", lazy=False).to(dev)  # a fresh network per precision
-        net = use_fast_dropout(net, enable=tag != "fp32_nn_dropout")
+        net = use_fast_dropout(net, enable=not tag.endswith("_nn_dropout"))
         model = torch.compile(net) if compiled else net
         loss_function = parser.get_parsed_content("loss_function")
         optimizer = scripts.optim.build_optimizer(
@@ -207,10 +220,12 @@ def floor(
         figures[f"{tag}_images_per_s"] = round(img_s, 2)
         figures[f"{tag}_floor_epoch_s"] = round(n_train / img_s, 3)
     figures["command"] = f"python scripts/bench_speed.py floor --task {task}" + (" --compile True" if compile else "")
-    figures["command"] += (f" --steps {steps}" if steps != 8 else "") + (
-        " --plain_dropout True" if plain_dropout else ""
+    figures["command"] += (
+        (f" --steps {steps}" if steps != 8 else "")
+        + (" --plain_dropout True" if plain_dropout else "")
+        + (f" --record {record}" if record else "")
     )
-    record = RESULTS / f"{_record_name(task, dev.type)}.json"
+    record = RESULTS / f"{record or _record_name(task, dev.type)}.json"
     if update and record.is_file():
         payload = json.loads(record.read_text())
         base = payload["mean"]["baseline_epoch_s"]
@@ -267,7 +282,9 @@ def _plot(path: Path, rows: list[dict], tags: list[str], title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    series = [("baseline", "plain PyTorch baseline")] + [(t, t.replace("_", " ")) for t in tags]
+    series = [("baseline", "plain PyTorch baseline")]
+    series += [("baseline_fastdrop", "baseline, FastDropout")] if "baseline_fastdrop_epoch_s" in rows[0] else []
+    series += [(t, t.replace("_", " ")) for t in tags]
     width = 0.8 / len(series)
     for j, (key, label) in enumerate(series):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
@@ -282,12 +299,33 @@ def _plot(path: Path, rows: list[dict], tags: list[str], title: str) -> None:
 
 
 def run(
-    task: str = "ph2_melanoma", epochs: int = 8, seeds: str = "0,1,2", amp: str = "False,True", dataset_dir: str = ""
+    task: str = "ph2_melanoma",
+    epochs: int = 8,
+    seeds: str = "0,1,2",
+    amp: str = "False,True",
+    dataset_dir: str = "",
+    baseline_dropout: str = "plain",
+    record: str = "",
 ) -> None:
     """Baseline vs bundle (once per ``amp`` value: ``False`` = the bundle in fp32, ``True`` = bf16/fp16 AMP) for
-    each seed; prints the table and writes JSON, markdown and a PNG."""
+    each seed; prints the table and writes JSON, markdown and a PNG.
+
+    ``baseline_dropout``: ``plain`` (default) trains the baseline with PyTorch's ``nn.Dropout``, as the seeds did
+    with MONAI's networks; ``plain,fast`` also trains it with the bundles' ``FastDropout`` in the same run
+    (``baseline_fastdrop_*`` columns and ``*_speedup_vs_fastdrop``), to show how much of the ratio that layer is.
+    ``record``: the file stem under ``benchmarks/results/`` (default ``speed_<task>_<device>``), to keep a record of
+    another CPU model beside the existing ones (e.g. ``speed_ph2_melanoma_cpu_xeon``)."""
     import torch
 
+    dropouts = [
+        d.strip()
+        for d in (
+            ",".join(baseline_dropout) if isinstance(baseline_dropout, (list, tuple)) else str(baseline_dropout)
+        ).split(",")
+        if d.strip()
+    ]
+    if not dropouts or dropouts[0] != "plain" or not set(dropouts) <= {"plain", "fast"}:
+        raise SystemExit(f"--baseline_dropout {baseline_dropout!r}: use plain or plain,fast")
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
@@ -299,18 +337,23 @@ def run(
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
         for seed in _seeds(seeds):
-            out = Path(tmp) / f"baseline_{seed}.json"
-            cmd = [sys.executable, __file__, "baseline", "--task", task, "--dataset_dir", str(dataset_dir)]
-            cmd += ["--epochs", str(epochs), "--seed", str(seed), "--out", str(out)]
-            subprocess.run(cmd, check=True)
-            base = json.loads(out.read_text())
-            b = statistics.median(base["epoch_seconds"])
-            row = {"seed": seed, "baseline_epoch_s": round(b, 3), "baseline_val_dice": round(base["val_dice"], 4)}
+            row: dict = {"seed": seed}
+            for dropout in dropouts:
+                key = "baseline" if dropout == "plain" else "baseline_fastdrop"
+                out = Path(tmp) / f"{key}_{seed}.json"
+                cmd = [sys.executable, __file__, "baseline", "--task", task, "--dataset_dir", str(dataset_dir)]
+                cmd += ["--epochs", str(epochs), "--seed", str(seed), "--out", str(out), "--dropout", dropout]
+                subprocess.run(cmd, check=True)
+                base = json.loads(out.read_text())
+                row[f"{key}_epoch_s"] = round(statistics.median(base["epoch_seconds"]), 3)
+                row[f"{key}_val_dice"] = round(base["val_dice"], 4)
             for use_amp in amps:
                 tag = "bundle_amp" if use_amp else "bundle_fp32"
                 fast = _bundle(task, dataset_dir, epochs, seed, use_amp, Path(tmp) / f"{tag}_{seed}")
                 f = statistics.median(fast["epoch_seconds"])
-                row.update({f"{tag}_epoch_s": round(f, 3), f"{tag}_speedup": round(b / f, 2)})
+                row.update({f"{tag}_epoch_s": round(f, 3), f"{tag}_speedup": round(row["baseline_epoch_s"] / f, 2)})
+                if "baseline_fastdrop_epoch_s" in row:
+                    row[f"{tag}_speedup_vs_fastdrop"] = round(row["baseline_fastdrop_epoch_s"] / f, 2)
                 row[f"{tag}_val_dice"] = round(fast["val_dice"], 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -319,7 +362,7 @@ def run(
     header = "| seed | baseline s/epoch | baseline val Dice | " + " | ".join(
         f"{t} s/epoch | {t} speed-up | {t} val Dice" for t in tags
     )
-    name = _record_name(task, device)
+    name = record or _record_name(task, device)
     lines = [
         f"## {task}: training speed, plain PyTorch baseline vs bundle ({name.removeprefix(f'speed_{task}_')}, {epochs} epochs)",
         "",
@@ -331,11 +374,27 @@ def run(
         for t in tags:
             cells += [str(r[f"{t}_epoch_s"]), f"{r[f'{t}_speedup']}x", str(r[f"{t}_val_dice"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if "fast" in dropouts:
+        lines += [
+            "",
+            "The baseline above trains with PyTorch's `nn.Dropout`, as the seeds did with MONAI's networks. The same "
+            "baseline with the bundles' `FastDropout` (same data, loop and seed), against the same bundle runs:",
+            "",
+            "| seed | baseline (FastDropout) s/epoch | val Dice | "
+            + " | ".join(f"{t} speed-up against it" for t in tags)
+            + " |",
+            "|---|---|---|" + "---|" * len(tags),
+        ]
+        for r in [*rows, {"seed": "mean", **mean}]:
+            cells = [str(r["seed"]), str(r["baseline_fastdrop_epoch_s"]), str(r["baseline_fastdrop_val_dice"])]
+            lines.append("| " + " | ".join(cells + [f"{r[f'{t}_speedup_vs_fastdrop']}x" for t in tags]) + " |")
     markdown = "\n".join(lines)
     command = (
         f"python scripts/bench_speed.py run --task {task} --epochs {epochs} --seeds {','.join(map(str, _seeds(seeds)))}"
     )
     command += f" --amp {','.join(str(a) for a in amps)}"
+    command += f" --baseline_dropout {','.join(dropouts)}" if dropouts != ["plain"] else ""
+    command += f" --record {record}" if record else ""
     payload = {
         "task": task,
         "device": device,
@@ -343,6 +402,8 @@ def run(
         "rows": rows,
         "mean": mean,
         "dice_gap_vs_baseline": {t: round(mean[f"{t}_val_dice"] - mean["baseline_val_dice"], 4) for t in tags},
+        "baseline_dropout": dropouts,
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "command": command,
@@ -352,7 +413,8 @@ def run(
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     _plot(RESULTS / f"{name}.png", rows, tags, f"{task}: {epochs} epochs, {device}")
     # the ceiling for the ratio: the bare training step, in a fresh process (adds `compute_floor` to the record)
-    subprocess.run([sys.executable, __file__, "floor", "--task", task, "--dataset_dir", str(dataset_dir)], check=True)
+    floor_cmd = [sys.executable, __file__, "floor", "--task", task, "--dataset_dir", str(dataset_dir)]
+    subprocess.run(floor_cmd + (["--record", record] if record else []), check=True)
     print((RESULTS / f"{name}.md").read_text())
 
 

@@ -125,6 +125,23 @@ def test_speed_floor_measures_the_bare_training_step_and_leaves_results_alone(tm
     assert "max_speedup_fp32" not in figures  # --update False: the committed record is not read or written
 
 
+def test_speed_baseline_dropout_is_plain_or_fast(tmp_path: Path) -> None:
+    """The baseline trains with ``nn.Dropout`` (the seeds' way) or the bundles' ``FastDropout``; anything else
+    stops before training, saying which values it takes. The record names the CPU it ran on."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_speed.py"), "baseline", "--task", "ph2_melanoma"]
+    cmd += ["--dataset_dir", str(tmp_path), "--epochs", "1", "--seed", "0", "--out", str(tmp_path / "b.json")]
+    result = subprocess.run([*cmd, "--dropout", "nope"], capture_output=True, text=True)
+    assert result.returncode != 0 and "use plain (nn.Dropout" in result.stderr
+    assert not (tmp_path / "b.json").exists()
+    run = [sys.executable, str(ROOT / "scripts" / "bench_speed.py"), "run", "--baseline_dropout", "fast"]
+    result = subprocess.run([*run, "--dataset_dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode != 0 and "use plain or plain,fast" in result.stderr  # the seeds' baseline comes first
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from lesiondata.hardware import cpu_name
+
+    assert isinstance(cpu_name(), str) and cpu_name()
+
+
 def test_sweeps_add_up_and_a_point_run_again_replaces_its_row() -> None:
     old = [
         {"network": "unet", "epochs": 20, "dice_mean": 0.80, "commit": "a"},

@@ -166,6 +166,9 @@ def test_verify_net_in_out_bundle_contract(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dropout_sampling(name):
+    # seeded: at random init the last ReLU of this tiny SegNet (4 channels) is dead for about one seed in twenty,
+    # and its output is then the classifier's bias whatever the input or the dropout (seen with seeds 42 and 43)
+    torch.manual_seed(0)
     net = build_network(name, 1, 2, dropout=0.5, **SMALL[name])
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
@@ -183,19 +186,23 @@ def test_dropout_sampling(name):
 def test_fast_dropout_keeps_each_element_with_probability_one_minus_p(p):
     """Keep fraction, scale, independence of neighbours, gradient and seeding, as ``nn.Dropout``."""
     layer = FastDropout(p).train()
-    x = torch.ones(399, 1001, requires_grad=True)  # odd element count: the last int64 is half used
+    x = torch.ones(399, 1001, requires_grad=True)  # 399399 = 4k + 3 elements: the last int64 is partly used
     torch.manual_seed(0)
     y = layer(x)
     kept = y.detach() > 0
     n = kept.numel()
     # binomial: 5 standard deviations
     assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    assert torch.allclose(y.detach()[kept], torch.full_like(y.detach()[kept], 1 / (1 - p)))
+    # scaled by the inverse of the exact keep probability, 1 - round(p * 2**16) / 2**16 (within 2**-17 of 1 - p)
+    assert abs(round(p * 2**16) / 2**16 - p) <= 2**-17
+    scale = 1 / (1 - round(p * 2**16) / 2**16)
+    assert torch.allclose(y.detach()[kept], torch.full_like(y.detach()[kept], scale))
     assert torch.equal(y.detach()[~kept], torch.zeros_like(y.detach()[~kept]))
-    # the two halves of each 64-bit draw are independent: neighbours kept together at (1 - p)^2
-    flat = kept.flatten()[: n - 1].float()
-    both = (flat[0::2] * flat[1::2]).mean().item()
-    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 / (n / 2)) ** 0.5
+    # the four 16-bit lanes of each 64-bit draw are independent: lanes kept together at (1 - p)^2
+    lanes = kept.flatten()[: n - n % 4].float().view(-1, 4)
+    for a, b in [(0, 1), (0, 2), (0, 3), (1, 2), (2, 3)]:
+        both = (lanes[:, a] * lanes[:, b]).mean().item()
+        assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 / (n / 4)) ** 0.5, (a, b)
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d(x * mask * s)/dx = mask * s, and x is ones
     torch.manual_seed(0)
@@ -207,6 +214,7 @@ def test_fast_dropout_is_nn_dropout_where_it_does_not_sample():
     assert torch.equal(FastDropout(0.3).eval()(x), x)
     assert torch.equal(FastDropout(0.0).train()(x), x)
     assert torch.equal(FastDropout(1.0).train()(x), torch.zeros_like(x))
+    assert FastDropout(1 - 2**-20).train()(torch.ones(64, 1024)).max() <= 2**16  # no division by zero near p = 1
     net = build_network("unet", 1, 2, dropout=0.2, **SMALL["unet"])
     layers = [m for m in net.modules() if isinstance(m, nn.Dropout)]
     assert layers and all(type(m) is FastDropout and m.p == 0.2 for m in layers)
