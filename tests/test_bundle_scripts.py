@@ -306,3 +306,56 @@ def test_members_with_a_presence_head_take_the_bundles_threshold(tmp_path: Path)
     assert isinstance(loaded, PresenceGatedNet) and loaded.threshold == 0.8
     (default,) = load_members(member, 1, 2)
     assert default.threshold == 0.5
+
+
+def test_choose_cpu_amp_keeps_bf16_only_when_clearly_faster() -> None:
+    from scripts.engines import BF16_MIN_GAIN, choose_cpu_amp
+
+    assert choose_cpu_amp([1.0, 1.0], [0.5, 0.6]) == "cpu"
+    assert choose_cpu_amp([1.0, 1.0], [1.0 / BF16_MIN_GAIN + 0.01] * 2) is None  # a near tie stays fp32
+    assert choose_cpu_amp([0.8, 0.9], [1.0, 1.0]) is None  # bf16 slower: the Xeon of the README
+
+
+def test_trainer_measures_amp_on_the_first_batch_and_leaves_the_run_untouched(monkeypatch, caplog) -> None:
+    """``amp: true`` on a CPU with native bf16: the first iteration times the training step of a copy of the
+    network in both precisions, keeps the faster (logged), and the weights, norm statistics and random stream
+    are those of a run without the probe."""
+    from monai.data import DataLoader
+
+    import scripts.engines as engines
+
+    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda: True)  # the probe runs on any CPU (bf16 emulated)
+
+    def make(amp):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Dropout(0.5),
+            torch.nn.Conv2d(4, 2, 1),
+        )
+        data = [{"image": torch.rand(1, 16, 16), "label": (torch.rand(1, 16, 16) > 0.5).long()} for _ in range(4)]
+        trainer = engines.Trainer(
+            max_epochs=1,
+            device=torch.device("cpu"),
+            train_data_loader=DataLoader(data, batch_size=2),
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), 0.1),
+            loss_function=lambda p, y: torch.nn.functional.cross_entropy(p, y[:, 0]),
+            amp=amp,
+        )
+        return trainer, net
+
+    probed, net_a = make(True)
+    assert probed._measure_amp
+    with caplog.at_level("INFO", logger="scripts.engines"):
+        probed.run()
+    assert not probed._measure_amp and probed.amp_device in ("cpu", None)
+    message = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("amp: a training step"))
+    assert "s in fp32 and" in message and ("training in bf16" in message or "training in fp32" in message)
+    # the same run with the chosen precision fixed from the start, no probe: identical weights and statistics
+    chosen, net_b = make("bf16" if probed.amp_device == "cpu" else False)
+    assert not chosen._measure_amp
+    chosen.run()
+    for (name, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -2,12 +2,22 @@
 
 MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` hard-code ``torch.autocast("cuda")``; on a CPU their
 ``amp=True`` does nothing useful. These subclasses take ``amp`` as in the bundle config and pick the mode.
+
+Native bf16 instructions do not make bf16 faster on every CPU: the PH2 UNet trained 1.4x faster per epoch with
+bf16 autocast than in fp32 on an AMD EPYC with AVX512-BF16, and 1.13x slower on an Intel Xeon with AVX512-BF16
+(no AMX; ``benchmarks/results/speed_ph2_melanoma_cpu_xeon.md``). So with ``amp: true`` the :class:`Trainer`
+times the training step of its own network on its first batch in both precisions before training and keeps
+bf16 only where it is clearly faster (:func:`measure_cpu_amp`), and logs what it measured and chose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -49,12 +59,47 @@ def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
     return None
 
 
+BF16_MIN_GAIN = 1.05  # bf16 is kept only when the measured fp32 step takes at least this many times as long
+PROBE_REPEATS = 2
+
+
+def choose_cpu_amp(fp32_seconds: list[float], bf16_seconds: list[float]) -> str | None:
+    """``"cpu"`` (bf16 autocast) when the median bf16 step beats the median fp32 one by :data:`BF16_MIN_GAIN`,
+    else ``None`` (fp32): near a tie fp32 stays, the more precise mode."""
+    return "cpu" if statistics.median(fp32_seconds) >= BF16_MIN_GAIN * statistics.median(bf16_seconds) else None
+
+
+def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
+    """Time ``step(bf16)`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` interleaved runs)
+    and choose with :func:`choose_cpu_amp`. The torch random state is restored afterwards, so the probe leaves
+    the run's dropout and augmentation streams as they were. Returns the mode and the median seconds."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.random.fork_rng(devices=[]):
+        for i in range(repeats + 1):
+            for bf16 in (False, True):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    step(bf16)
+                if i:  # the first run of each mode builds its kernels
+                    times[bf16].append(time.perf_counter() - t0)
+    medians = {"fp32_s": statistics.median(times[False]), "bf16_s": statistics.median(times[True])}
+    return choose_cpu_amp(times[False], times[True]), medians
+
+
 class _AutocastMixin:
     def _setup_amp(self, amp: bool | str, device) -> bool:
         self.amp_device = amp_mode(amp, device)
+        # amp True on a CPU with native bf16: measured on the first batch (Trainer); "bf16" forces it unmeasured
+        self._measure_amp = self.amp_device == "cpu" and amp != "bf16"
         return self.amp_device == "cuda"
 
+    def _choose_amp(self, engine, batchdata) -> str | None:
+        return self.amp_device
+
     def _iteration(self, engine, batchdata):
+        if self._measure_amp:
+            self._measure_amp = False
+            self.amp_device = self._choose_amp(engine, batchdata)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.amp_device == "cpu" else contextlib.nullcontext()
         with ctx:
             return super()._iteration(engine, batchdata)
@@ -72,12 +117,34 @@ class _AutocastMixin:
 
 
 class Trainer(_AutocastMixin, SupervisedTrainer):
-    """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and bf16 autocast on a capable CPU."""
+    """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and, on a CPU with native bf16, bf16 autocast
+    where it measured faster than fp32 for this network on the first training batch (``amp: "bf16"`` forces it)."""
 
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self._register_float_predictions()
+
+    def _choose_amp(self, engine, batchdata) -> str | None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            logger.info("amp: bf16 autocast on every rank (a distributed run is not measured, so ranks agree)")
+            return "cpu"
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        # a copy, so the probe's forward passes leave the weights and the norm layers' running statistics alone
+        net = copy.deepcopy(getattr(engine.network, "module", engine.network)).train()
+
+        def step(bf16: bool) -> None:
+            engine.loss_function(engine.inferer(inputs, net), targets).mean().backward()
+            net.zero_grad(set_to_none=True)
+
+        mode, seconds = measure_cpu_amp(step)
+        logger.info(
+            f"amp: a training step of this network on this CPU took {seconds['fp32_s']:.3f} s in fp32 and "
+            f"{seconds['bf16_s']:.3f} s with bf16 autocast: training in {'bf16' if mode else 'fp32'} (bf16 needs "
+            f"{BF16_MIN_GAIN}x; amp 'bf16' forces it, amp false forces fp32)"
+        )
+        return mode
 
 
 class Evaluator(_AutocastMixin, SupervisedEvaluator):
