@@ -359,3 +359,24 @@ def test_trainer_measures_amp_on_the_first_batch_and_leaves_the_run_untouched(mo
     chosen.run()
     for (name, a), (_, b) in zip(net_a.state_dict().items(), net_b.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_evaluator_measures_amp_in_eval_mode_without_touching_the_network(monkeypatch, caplog) -> None:
+    from monai.data import DataLoader
+
+    import scripts.engines as engines
+
+    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda: True)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    net.train()  # as after a training epoch: the probe must switch to eval mode before its forward passes
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    data = [{"image": torch.rand(1, 16, 16), "label": torch.zeros(1, 16, 16)} for _ in range(3)]
+    evaluator = engines.Evaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=1), network=net, amp=True
+    )
+    with caplog.at_level("INFO", logger="scripts.engines"):
+        evaluator.run()
+    assert evaluator.amp_device in ("cpu", None)
+    assert any(r.getMessage().startswith("amp: inference on this CPU took") for r in caplog.records)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running statistics untouched

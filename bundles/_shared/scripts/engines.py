@@ -6,8 +6,9 @@ MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` hard-code ``torch.autocast
 Native bf16 instructions do not make bf16 faster on every CPU: the PH2 UNet trained 1.4x faster per epoch with
 bf16 autocast than in fp32 on an AMD EPYC with AVX512-BF16, and 1.13x slower on an Intel Xeon with AVX512-BF16
 (no AMX; ``benchmarks/results/speed_ph2_melanoma_cpu_xeon.md``). So with ``amp: true`` the :class:`Trainer`
-times the training step of its own network on its first batch in both precisions before training and keeps
-bf16 only where it is clearly faster (:func:`measure_cpu_amp`), and logs what it measured and chose.
+times the training step of its own network on its first batch in both precisions before training, and the
+:class:`Evaluator` its inference, and each keeps bf16 only where it is clearly faster (:func:`measure_cpu_amp`),
+logging what it measured and chose.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import statistics
 import time
 from collections.abc import Callable
 
@@ -59,31 +59,33 @@ def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
     return None
 
 
-BF16_MIN_GAIN = 1.05  # bf16 is kept only when the measured fp32 step takes at least this many times as long
-PROBE_REPEATS = 2
+BF16_MIN_GAIN = 1.05  # bf16 is kept only when the fp32 step takes at least this many times as long
+PROBE_REPEATS = 3
 
 
 def choose_cpu_amp(fp32_seconds: list[float], bf16_seconds: list[float]) -> str | None:
-    """``"cpu"`` (bf16 autocast) when the median bf16 step beats the median fp32 one by :data:`BF16_MIN_GAIN`,
-    else ``None`` (fp32): near a tie fp32 stays, the more precise mode."""
-    return "cpu" if statistics.median(fp32_seconds) >= BF16_MIN_GAIN * statistics.median(bf16_seconds) else None
+    """``"cpu"`` (bf16 autocast) when the fastest bf16 step beats the fastest fp32 one by :data:`BF16_MIN_GAIN`,
+    else ``None`` (fp32): near a tie fp32 stays, the more precise mode. The minimum, not the median: whatever else
+    runs meanwhile (data-loader workers filling their first batches) only ever adds time."""
+    return "cpu" if min(fp32_seconds) >= BF16_MIN_GAIN * min(bf16_seconds) else None
 
 
 def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
-    """Time ``step(bf16)`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` interleaved runs)
-    and choose with :func:`choose_cpu_amp`. The torch random state is restored afterwards, so the probe leaves
-    the run's dropout and augmentation streams as they were. Returns the mode and the median seconds."""
+    """Time ``step(bf16)`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` runs each, the
+    order alternating) and choose with :func:`choose_cpu_amp`. The torch random state is restored afterwards, so
+    the probe leaves the run's dropout and augmentation streams as they were. Returns the mode and the fastest
+    seconds of each."""
     times: dict[bool, list[float]] = {False: [], True: []}
     with torch.random.fork_rng(devices=[]):
         for i in range(repeats + 1):
-            for bf16 in (False, True):
+            for bf16 in (False, True) if i % 2 == 0 else (True, False):
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     step(bf16)
                 if i:  # the first run of each mode builds its kernels
                     times[bf16].append(time.perf_counter() - t0)
-    medians = {"fp32_s": statistics.median(times[False]), "bf16_s": statistics.median(times[True])}
-    return choose_cpu_amp(times[False], times[True]), medians
+    fastest = {"fp32_s": min(times[False]), "bf16_s": min(times[True])}
+    return choose_cpu_amp(times[False], times[True]), fastest
 
 
 class _AutocastMixin:
@@ -148,9 +150,28 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
 
 
 class Evaluator(_AutocastMixin, SupervisedEvaluator):
-    """``SupervisedEvaluator`` with the same ``amp`` semantics as :class:`Trainer`."""
+    """``SupervisedEvaluator`` with the same ``amp`` semantics as :class:`Trainer`: on a CPU with native bf16,
+    ``amp: true`` keeps bf16 only where the evaluator's own inferer (TTA views, ONNX base, whatever it is) ran
+    measurably faster with it on the first batch, in eval mode and without gradients."""
 
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self._register_float_predictions()
+
+    def _choose_amp(self, engine, batchdata) -> str | None:
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs = batch[0]
+        engine.network.eval()  # as SupervisedEvaluator's iteration does: norm statistics are not updated
+
+        def step(bf16: bool) -> None:
+            with torch.no_grad():
+                engine.inferer(inputs, engine.network)
+
+        mode, seconds = measure_cpu_amp(step)
+        logger.info(
+            f"amp: inference on this CPU took {seconds['fp32_s']:.3f} s in fp32 and {seconds['bf16_s']:.3f} s with "
+            f"bf16 autocast for the first batch: running in {'bf16' if mode else 'fp32'} (bf16 needs "
+            f"{BF16_MIN_GAIN}x; amp 'bf16' forces it, amp false forces fp32)"
+        )
+        return mode
