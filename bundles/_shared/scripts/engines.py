@@ -66,7 +66,7 @@ PROBE_REPEATS = 3
 def choose_cpu_amp(fp32_seconds: list[float], bf16_seconds: list[float]) -> str | None:
     """``"cpu"`` (bf16 autocast) when the fastest bf16 step beats the fastest fp32 one by :data:`BF16_MIN_GAIN`,
     else ``None`` (fp32): near a tie fp32 stays, the more precise mode. The minimum, not the median: whatever else
-    runs meanwhile (data-loader workers filling their first batches) only ever adds time."""
+    runs meanwhile (at the start of a run, data-loader workers among others) only ever adds time."""
     return "cpu" if min(fp32_seconds) >= BF16_MIN_GAIN * min(bf16_seconds) else None
 
 
@@ -91,7 +91,7 @@ def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) 
 class _AutocastMixin:
     def _setup_amp(self, amp: bool | str, device) -> bool:
         self.amp_device = amp_mode(amp, device)
-        # amp True on a CPU with native bf16: measured on the first batch (Trainer); "bf16" forces it unmeasured
+        # amp True on a CPU with native bf16: measured on the first batch (_choose_amp); "bf16" forces it unmeasured
         self._measure_amp = self.amp_device == "cpu" and amp != "bf16"
         return self.amp_device == "cuda"
 
