@@ -44,10 +44,14 @@ from lesiondata.hardware import cpu_name  # noqa: E402
 DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
 
 
+def _items(value) -> list[str]:
+    """A comma list as fire hands it over (a string, or a tuple when the list holds literals), as strings."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
 def _seeds(seeds) -> list[int]:
-    if isinstance(seeds, (list, tuple)):
-        return [int(s) for s in seeds]
-    return [int(s) for s in str(seeds).split(",") if s.strip()]
+    return [int(s) for s in _items(seeds)]
 
 
 def baseline(
@@ -57,6 +61,8 @@ def baseline(
 
     ``dropout``: ``plain`` (the seeds' way: the network's dropout layers are PyTorch's ``nn.Dropout``, as MONAI's
     networks ship) or ``fast`` (the bundles' ``FastDropout``, the same layer the bundle side trains with)."""
+    if dropout not in ("plain", "fast"):
+        raise SystemExit(f"--dropout {dropout!r}: use plain (nn.Dropout, the seeds' way) or fast (FastDropout)")
     import torch
     from monai.bundle import ConfigParser
     from monai.metrics import DiceMetric
@@ -74,8 +80,6 @@ def baseline(
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"bundle_root": str(bundle), "dataset_dir": dataset_dir, "max_epochs": epochs, "seed": seed})
     parser.update({"device": f"$torch.device('{dev}')"})
-    if dropout not in ("plain", "fast"):
-        raise SystemExit(f"--dropout {dropout!r}: use plain (nn.Dropout, the seeds' way) or fast (FastDropout)")
     from scripts.networks import use_fast_dropout
 
     set_determinism(seed=seed)
@@ -317,22 +321,13 @@ def run(
     another CPU model beside the existing ones (e.g. ``speed_ph2_melanoma_cpu_xeon``)."""
     import torch
 
-    dropouts = [
-        d.strip()
-        for d in (
-            ",".join(baseline_dropout) if isinstance(baseline_dropout, (list, tuple)) else str(baseline_dropout)
-        ).split(",")
-        if d.strip()
-    ]
+    dropouts = _items(baseline_dropout)
     if not dropouts or dropouts[0] != "plain" or not set(dropouts) <= {"plain", "fast"}:
         raise SystemExit(f"--baseline_dropout {baseline_dropout!r}: use plain or plain,fast")
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
-    amps = [
-        a if isinstance(a, bool) else str(a).strip().lower() == "true"
-        for a in (amp if isinstance(amp, (list, tuple)) else str(amp).split(","))
-    ]
+    amps = [a.lower() == "true" for a in _items(amp)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
