@@ -34,10 +34,12 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble")
     data = make_demo_dataset(NAME, root / "data", n=20, seed=1)
     models = root / "models"
+    # fp32 fixed in training and in every evaluation below: with amp true a CPU with native bf16 picks each
+    # evaluator's precision by timing it, and a member must score exactly its training record
     summary = train_folds(
-        NAME, fold=[0, 1], models_dir=models, quiet=True, dataset_dir=str(data), max_epochs=EPOCHS, **SMALL
+        NAME, fold=[0, 1], models_dir=models, quiet=True, dataset_dir=str(data), max_epochs=EPOCHS, amp=False, **SMALL
     )
-    train(NAME, data, models / "segresnet", epochs=EPOCHS, network="segresnet")
+    train(NAME, data, models / "segresnet", epochs=EPOCHS, network="segresnet", amp=False)
     (models / "unet").mkdir()
     (models / "unet" / "model.pt").write_bytes((models / "fold0" / "model.pt").read_bytes())  # the default network
     images = root / "images"
@@ -53,6 +55,7 @@ def _common(trained: dict[str, Path], out: str) -> dict:
         "ckpt_dir": str(trained["models"]),
         "output_dir": str(trained["root"] / out),
         "spatial_size": SMALL["spatial_size"],
+        "amp": False,
     }
 
 
