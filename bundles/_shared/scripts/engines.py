@@ -88,6 +88,15 @@ def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) 
     return choose_cpu_amp(times[False], times[True]), fastest
 
 
+def _distributed() -> bool:
+    """A distributed run is not measured: ranks could choose differently, and a DDP network's extra forward passes
+    on one rank (its buffers are broadcast at each) would leave the ranks' collectives out of step."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        logger.info("amp: bf16 autocast on every rank (a distributed run is not measured, so ranks agree)")
+        return True
+    return False
+
+
 class _AutocastMixin:
     def _setup_amp(self, amp: bool | str, device) -> bool:
         self.amp_device = amp_mode(amp, device)
@@ -128,8 +137,7 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
         self._register_float_predictions()
 
     def _choose_amp(self, engine, batchdata) -> str | None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            logger.info("amp: bf16 autocast on every rank (a distributed run is not measured, so ranks agree)")
+        if _distributed():
             return "cpu"
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
@@ -160,6 +168,8 @@ class Evaluator(_AutocastMixin, SupervisedEvaluator):
         self._register_float_predictions()
 
     def _choose_amp(self, engine, batchdata) -> str | None:
+        if _distributed():
+            return "cpu"
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs = batch[0]
         engine.network.eval()  # as SupervisedEvaluator's iteration does: norm statistics are not updated
