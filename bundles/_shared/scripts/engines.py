@@ -70,8 +70,8 @@ def choose_cpu_amp(fp32_seconds: list[float], bf16_seconds: list[float]) -> str 
     return "cpu" if min(fp32_seconds) >= BF16_MIN_GAIN * min(bf16_seconds) else None
 
 
-def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
-    """Time ``step(bf16)`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` runs each, the
+def measure_cpu_amp(step: Callable[[], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
+    """Time ``step()`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` runs each, the
     order alternating) and choose with :func:`choose_cpu_amp`. The torch random state is restored afterwards, so
     the probe leaves the run's dropout and augmentation streams as they were. Returns the mode and the fastest
     seconds of each."""
@@ -81,7 +81,7 @@ def measure_cpu_amp(step: Callable[[bool], None], repeats: int = PROBE_REPEATS) 
             for bf16 in (False, True) if i % 2 == 0 else (True, False):
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    step(bf16)
+                    step()
                 if i:  # the first run of each mode builds its kernels
                     times[bf16].append(time.perf_counter() - t0)
     fastest = {"fp32_s": min(times[False]), "bf16_s": min(times[True])}
@@ -104,8 +104,23 @@ class _AutocastMixin:
         self._measure_amp = self.amp_device == "cpu" and amp != "bf16"
         return self.amp_device == "cuda"
 
+    def _probe(self, engine, batch) -> tuple[Callable[[], None], str, str]:
+        """The work to time on the first ``batch`` (already on the device), what the log calls it, and the verb
+        for what then runs in the chosen precision."""
+        raise NotImplementedError
+
     def _choose_amp(self, engine, batchdata) -> str | None:
-        return self.amp_device
+        if _distributed():
+            return "cpu"
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        step, what, verb = self._probe(engine, batch)
+        mode, seconds = measure_cpu_amp(step)
+        logger.info(
+            f"amp: {what} on this CPU took {seconds['fp32_s']:.3f} s in fp32 and {seconds['bf16_s']:.3f} s with "
+            f"bf16 autocast on the first batch: {verb} in {'bf16' if mode else 'fp32'} (bf16 needs "
+            f"{BF16_MIN_GAIN}x; amp 'bf16' forces it, amp false forces fp32)"
+        )
+        return mode
 
     def _iteration(self, engine, batchdata):
         if self._measure_amp:
@@ -136,25 +151,16 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self._register_float_predictions()
 
-    def _choose_amp(self, engine, batchdata) -> str | None:
-        if _distributed():
-            return "cpu"
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+    def _probe(self, engine, batch) -> tuple[Callable[[], None], str, str]:
         inputs, targets = batch[0], batch[1]
         # a copy, so the probe's forward passes leave the weights and the norm layers' running statistics alone
         net = copy.deepcopy(getattr(engine.network, "module", engine.network)).train()
 
-        def step(bf16: bool) -> None:
+        def step() -> None:
             engine.loss_function(engine.inferer(inputs, net), targets).mean().backward()
             net.zero_grad(set_to_none=True)
 
-        mode, seconds = measure_cpu_amp(step)
-        logger.info(
-            f"amp: a training step of this network on this CPU took {seconds['fp32_s']:.3f} s in fp32 and "
-            f"{seconds['bf16_s']:.3f} s with bf16 autocast: training in {'bf16' if mode else 'fp32'} (bf16 needs "
-            f"{BF16_MIN_GAIN}x; amp 'bf16' forces it, amp false forces fp32)"
-        )
-        return mode
+        return step, "a training step of this network", "training"
 
 
 class Evaluator(_AutocastMixin, SupervisedEvaluator):
@@ -167,21 +173,12 @@ class Evaluator(_AutocastMixin, SupervisedEvaluator):
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self._register_float_predictions()
 
-    def _choose_amp(self, engine, batchdata) -> str | None:
-        if _distributed():
-            return "cpu"
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+    def _probe(self, engine, batch) -> tuple[Callable[[], None], str, str]:
         inputs = batch[0]
         engine.network.eval()  # as SupervisedEvaluator's iteration does: norm statistics are not updated
 
-        def step(bf16: bool) -> None:
+        def step() -> None:
             with torch.no_grad():
                 engine.inferer(inputs, engine.network)
 
-        mode, seconds = measure_cpu_amp(step)
-        logger.info(
-            f"amp: inference on this CPU took {seconds['fp32_s']:.3f} s in fp32 and {seconds['bf16_s']:.3f} s with "
-            f"bf16 autocast for the first batch: running in {'bf16' if mode else 'fp32'} (bf16 needs "
-            f"{BF16_MIN_GAIN}x; amp 'bf16' forces it, amp false forces fp32)"
-        )
-        return mode
+        return step, "inference", "running"
