@@ -4,7 +4,7 @@
 Usage::
 
     python scripts/bench_inference.py run [--bundles ph2_melanoma,trus_prostate] [--sizes 256,512] [--threads 1]
-    python scripts/bench_inference.py run --modes fp32,bf16,onnx --threads 2
+    python scripts/bench_inference.py run --modes fp32,bf16,onnx,openvino,auto --threads 2
     python scripts/bench_inference.py run --bundles brain_tumor --ensemble_size 1,2   # a 2-network mean ensemble too
     python scripts/bench_inference.py run --bundles brain_tumor --tta_views 1,4       # 4-view flip TTA too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
@@ -15,9 +15,11 @@ data at 64x64 (weights only matter for the masks being non-trivial) and exported
 PNGs of ``size x size`` go through the bundle's inference workflow (``configs/inference.json``: load, preprocess,
 network, invert to the original size, findings, save) in each mode:
 
-* ``fp32``: eager PyTorch; ``bf16``: ``--amp true`` (bf16 autocast on a CPU with native bf16, see
-  ``scripts/engines.py``); ``torchscript``: ``net`` = ``torch.jit.load(models/model.ts)``;
-  ``onnx``: ``configs/inference_onnx.json`` (ONNX Runtime, ``threads`` intra-op threads).
+* ``fp32``: eager PyTorch; ``bf16``: ``--amp bf16`` (bf16 autocast forced, see ``scripts/engines.py``);
+  ``torchscript``: ``net`` = ``torch.jit.load(models/model.ts)``; ``onnx``: ``configs/inference_onnx.json``
+  (ONNX Runtime, ``threads`` intra-op threads); ``openvino``: ``--backend openvino`` (the same export in OpenVINO,
+  fp32); ``auto``: the bundle's default (``backend: auto``, ``amp: true``), which times PyTorch fp32, bf16 where
+  native, and both runtimes on the first image and runs the fastest (``auto_chose``: its choice in each run).
 
 ``threads`` defaults to 1: on a shared, oversubscribed 2-core machine two OpenMP threads per process make eager
 PyTorch wait at barriers for descheduled threads (per-image times up to 30x longer and bimodal).
@@ -56,7 +58,7 @@ from lesiondata.synthetic import make_demo_dataset  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "inference_cpu.json"
 DEFAULT_WORK = REPO / "benchmarks" / "work" / "inference"
-MODES = ("fp32", "bf16", "torchscript", "onnx")
+MODES = ("fp32", "bf16", "torchscript", "onnx", "openvino", "auto")
 DEFAULT_MODES = MODES
 AGREEMENT = 0.995
 TRAIN = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
@@ -112,8 +114,8 @@ def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], d
     # would run the exported ONNX model beside model.pt on a CPU without native bf16
     if mode == "fp32":
         return ["inference.json"], {"amp": False, "backend": "torch"}
-    if mode == "bf16":
-        return ["inference.json"], {"amp": True, "backend": "torch"}
+    if mode == "bf16":  # forced: amp true would time bf16 against fp32 and may run fp32
+        return ["inference.json"], {"amp": "bf16", "backend": "torch"}
     if mode == "torchscript":
         handlers = [{"_target_": "StatsHandler", "iteration_log": False}]
         return ["inference.json"], {
@@ -128,16 +130,24 @@ def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], d
             "onnx_threads": threads,
             "amp": False,
         }
+    if mode in ("openvino", "auto"):  # auto: the bundle's default, timing PyTorch fp32/bf16 and both runtimes
+        return ["inference.json"], {
+            "onnx_file": str(models / "model.onnx"),
+            "onnx_threads": threads,
+            "amp": mode == "auto",
+            "backend": mode,
+        }
     raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
 STAGES = ("load_pre", "network", "post")
 
 
-def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) -> list[dict[str, float]]:
+def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) -> tuple[list[dict[str, float]], str]:
     """Run the bundle's inference workflow once; per image, seconds from fetch to end of iteration (``total``) and
     its stages: ``load_pre`` (read + pre-process, until the batch is ready), ``network`` (to the end of the forward
-    pass) and ``post`` (inversion to the original size, post-processing, findings, writing the mask)."""
+    pass) and ``post`` (inversion to the original size, post-processing, findings, writing the mask). Also what
+    ``backend: auto`` chose (``""`` for other backends)."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
     from monai.engines.utils import IterationEvents
@@ -178,7 +188,8 @@ def time_workflow(bundle: str, configs: list[str], overrides: dict[str, Any]) ->
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, done)
     wf.run()
     wf.finalize()
-    return times
+    base = getattr(evaluator.inferer, "base", None)
+    return times, str(getattr(base, "choice", ""))
 
 
 def bench_bundle(
@@ -211,17 +222,22 @@ def bench_bundle(
     for size in sizes:
         folders = make_images(ready["data"] / "imagesTr", work / bundle / f"images_{size}", size, images, rounds)
         seconds: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        chosen: dict[str, list[str]] = {m: [] for m in modes}
         outputs = {m: ready["models"].parent / "out" / f"{m}_{size}_x{ensemble_size}_tta{tta_views}" for m in modes}
         for r, folder in enumerate(folders):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 configs, extra = _mode_overrides(mode, ready["models"], threads)
                 values = {"input_dir": str(folder), "output_dir": str(outputs[mode]), "ckpt_dir": str(ready["models"])}
                 values.update({"dataset_dir": str(ready["data"]), **ready["task"], "tta_views": tta_views, **extra})
-                seconds[mode] += time_workflow(bundle, configs, values)[warmup:]
+                times, choice = time_workflow(bundle, configs, values)
+                seconds[mode] += times[warmup:]  # auto measures on the first image: dropped with the warm-up
+                chosen[mode].append(choice)
         for mode in modes:
             row = {"bundle": bundle, "network": label, "input_size": size, "mode": mode}
             row.update({"ensemble_size": ensemble_size, "tta_views": tta_views})
             row["n_timed"] = len(seconds[mode])
+            if mode == "auto":  # what each run's measurement on its first image chose
+                row["auto_chose"] = ",".join(chosen[mode])
             totals = [t["total"] for t in seconds[mode]]
             row["p50_ms"] = round(1000 * statistics.median(totals), 1)
             row["p90_ms"] = round(1000 * float(np.percentile(totals, 90)), 1)
@@ -330,6 +346,7 @@ def run(
     ``tta_views`` (``1,4``; default: each bundle's own, e.g. 3 for brain_tumor), each timed with every ensemble
     size."""
     import onnxruntime
+    import openvino
 
     sys.path.insert(0, str(BUNDLES_DIR / "_shared"))
     from scripts.engines import amp_mode
@@ -348,6 +365,7 @@ def run(
         "torch": torch.__version__,
         "monai": monai.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.__version__.split("-")[0],
         "amp_true_resolves_to": amp_mode(True, "cpu") or "fp32 (no native bf16)",
         "images_per_size": images,
         "rounds": rounds,

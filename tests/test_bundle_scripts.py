@@ -380,3 +380,62 @@ def test_evaluator_measures_amp_in_eval_mode_without_touching_the_network(monkey
     assert evaluator.amp_device in ("cpu", None)
     assert any(r.getMessage().startswith("amp: inference on this CPU took") for r in caplog.records)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running statistics untouched
+
+
+class _Runtime:
+    """Stands in for an :class:`scripts.onnx_inferer.OnnxInferer` of ``backend: auto``: takes ``seconds`` a batch,
+    serves while ``stale`` is None."""
+
+    def __init__(self, seconds: float, value: float) -> None:
+        self.seconds, self.value, self.stale, self.calls = seconds, value, None, 0
+
+    def refresh(self):
+        return self.stale
+
+    def __call__(self, inputs, network=None):
+        import time
+
+        self.calls += 1
+        time.sleep(self.seconds)
+        return torch.full((len(inputs), 2, *inputs.shape[2:]), self.value)
+
+
+def _slow_network(seconds: float):
+    import time
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(seconds)
+        return torch.zeros(len(x), 2, *x.shape[2:], dtype=torch.bfloat16 if torch.is_autocast_cpu_enabled() else None)
+
+    return network
+
+
+def test_auto_backend_runs_the_fastest_candidate_and_measures_again_when_the_exports_change(caplog) -> None:
+    from scripts.onnx_inferer import BACKEND_PROBE_REPEATS, AutoBackend
+
+    fast, slow = _Runtime(0.002, 1.0), _Runtime(0.03, 2.0)
+    auto = AutoBackend({"fast": fast, "slow": slow})
+    network, batch = _slow_network(0.02), torch.rand(1, 3, 8, 8)
+    with caplog.at_level("INFO", logger="scripts.onnx_inferer"):
+        assert torch.all(auto(batch, network) == 1.0) and auto.choice == "fast"
+    assert "backend auto: on the first batch torch" in caplog.text and "running fast" in caplog.text
+    # a warm-up and the timed runs each, then the batch itself in the chosen one
+    assert fast.calls == BACKEND_PROBE_REPEATS + 2 and slow.calls == BACKEND_PROBE_REPEATS + 1
+    auto(batch, network)
+    assert fast.calls == BACKEND_PROBE_REPEATS + 3 and slow.calls == BACKEND_PROBE_REPEATS + 1  # measured once
+    fast.stale = "exported from another checkpoint"  # retrained: the old export must not serve, measure again
+    out = auto(batch, network)
+    assert auto.choice == "torch" and torch.all(out == 0.0) and out.dtype == torch.float32
+    slow.stale = "retrained"  # nothing exported serves: PyTorch fp32, nothing to time
+    assert torch.all(auto(batch, network) == 0.0) and auto.choice == "torch" and auto.seconds == {}
+
+
+def test_auto_backend_stays_with_pytorch_near_a_tie_and_owns_the_precision() -> None:
+    from scripts.onnx_inferer import AutoBackend
+
+    auto = AutoBackend({"tie": _Runtime(0.02, 1.0)}, bf16=True)
+    network = _slow_network(0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast does not decide: the measurement does
+        out = auto(torch.rand(1, 3, 8, 8), network)
+    assert auto.choice in ("torch", "torch-bf16") and sorted(auto.seconds) == ["tie", "torch", "torch-bf16"]
+    assert out.dtype == torch.float32

@@ -71,9 +71,10 @@ def test_exported_models_match_eager_inference(exported: dict[str, Path]) -> Non
         backend="torch",
     )
     onnx = _infer(exported, "onnx", ["inference.json", "inference_onnx.json"], onnx_file=str(exported["onnx"]))
+    openvino = _infer(exported, "openvino", ["inference.json"], backend="openvino", onnx_file=str(exported["onnx"]))
     auto = _infer(exported, "auto", ["inference.json"], onnx_file=str(exported["onnx"]))  # the default backend
     labels = exported["data"] / "labelsTr"
-    runs = (("eager", eager), ("ts", script), ("onnx", onnx), ("auto", auto))
+    runs = (("eager", eager), ("ts", script), ("onnx", onnx), ("openvino", openvino), ("auto", auto))
     dice = {name: mean_dice(folder, labels) for name, folder in runs}
     assert dice["eager"] > 0.75, f"the masks must be non-trivial for the comparison to mean anything: {dice}"
     for name, folder in runs[1:]:
@@ -126,10 +127,34 @@ def test_onnx_inferer_names_what_is_wrong(exported: dict[str, Path], tmp_path: P
 
     with pytest.raises(FileNotFoundError, match="export_bundle.py"):
         OnnxInferer(tmp_path / "missing.onnx")
-    with pytest.raises(ValueError, match="takes 3-channel images but in_channels is 1"):
-        OnnxInferer(exported["onnx"], in_channels=1)
-    logits = OnnxInferer(exported["onnx"], threads=1)(torch.zeros(2, 3, 64, 64))
-    assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
+    for runtime in ("onnxruntime", "openvino"):
+        with pytest.raises(ValueError, match="takes 3-channel images but in_channels is 1"):
+            OnnxInferer(exported["onnx"], in_channels=1, runtime=runtime)
+        logits = OnnxInferer(exported["onnx"], threads=1, runtime=runtime)(torch.zeros(2, 3, 64, 64))
+        assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
+    with pytest.raises(ValueError, match="runtime must be one of onnxruntime, openvino"):
+        OnnxInferer(exported["onnx"], runtime="tensorrt")
+
+
+def test_openvino_runs_the_export_as_onnx_runtime_does(exported: dict[str, Path], tmp_path: Path) -> None:
+    """The same stamped file in OpenVINO (fp32, also on a CPU where its default precision would be bf16): the logits
+    of ONNX Runtime at another size than the export's (dynamic axes), and the same refusal of a stale export."""
+    use_bundle(NAME)
+    from scripts.onnx_inferer import OnnxInferer, checkpoint_sha256
+
+    checkpoint = exported["models"] / "model.pt"
+    batch = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    onnxruntime = OnnxInferer(exported["onnx"], threads=1, checkpoint=checkpoint)
+    openvino = OnnxInferer(exported["onnx"], threads=1, checkpoint=checkpoint, runtime="openvino")
+    assert openvino.source == onnxruntime.source == checkpoint_sha256(checkpoint)
+    np.testing.assert_allclose(openvino(batch).numpy(), onnxruntime(batch).numpy(), atol=1e-4)
+    retrained = tmp_path / "model.pt"
+    _retrain(checkpoint, retrained)
+    with pytest.raises(ValueError, match="exported from another checkpoint"):
+        OnnxInferer(exported["onnx"], checkpoint=retrained, runtime="openvino")
+    fallback = OnnxInferer(exported["onnx"], checkpoint=retrained, on_stale="torch", runtime="openvino")
+    assert "exported from another checkpoint" in fallback.stale
+    assert torch.all(fallback(batch, lambda x: torch.full((len(x), 2, *x.shape[2:]), 7.0)) == 7.0)
 
 
 def _retrain(checkpoint: Path, target: Path) -> None:
@@ -181,26 +206,35 @@ def test_onnx_inferer_refuses_an_export_of_another_checkpoint(
     assert "does not record the checkpoint" in caplog.text
 
 
-def test_backend_auto_runs_onnx_only_where_faster_and_matching(exported: dict[str, Path], tmp_path: Path) -> None:
-    """``backend: auto`` picks ONNX Runtime on a CPU without native bf16 and a matching export, else PyTorch."""
+def test_backend_auto_measures_the_matching_export_in_each_runtime(exported: dict[str, Path], tmp_path: Path) -> None:
+    """``backend: auto`` on a CPU: an :class:`AutoBackend` over both runtimes (each serving only a matching export)
+    and PyTorch bf16 where ``amp`` allows it; PyTorch on CUDA and with ``amp: "bf16"``; ``onnx`` and ``openvino``
+    force one runtime."""
     use_bundle(NAME)
     from scripts.engines import cpu_supports_bf16
-    from scripts.onnx_inferer import OnnxInferer, select_base
+    from scripts.onnx_inferer import AutoBackend, OnnxInferer, select_base
 
     checkpoint = exported["models"] / "model.pt"
-    auto = select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1)
-    assert isinstance(auto, OnnxInferer) if not cpu_supports_bf16() else auto is None
+    auto = select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp=True)
+    assert isinstance(auto, AutoBackend) and sorted(auto.runtimes) == ["onnxruntime", "openvino"]
+    assert all(inferer.stale is None for inferer in auto.runtimes.values())
+    assert auto.bf16 == cpu_supports_bf16()
+    assert not select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp=False).bf16
+    assert select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp="bf16") is None
+    assert select_base("auto", exported["onnx"], checkpoint, "cuda:0", 3, 1) is None  # built only where it runs
     assert select_base("torch", exported["onnx"], checkpoint) is None
-    assert isinstance(select_base("onnx", exported["onnx"], checkpoint, threads=1), OnnxInferer)
-    if not cpu_supports_bf16():  # nothing exported (yet): PyTorch
-        assert select_base("auto", tmp_path / "none.onnx", checkpoint).stale.startswith("no ")
+    for backend, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        forced = select_base(backend, exported["onnx"], checkpoint, threads=1)
+        assert isinstance(forced, OnnxInferer) and forced.runtime == runtime
+    nothing = select_base("auto", tmp_path / "none.onnx", checkpoint)  # nothing exported (yet): PyTorch
+    assert all(inferer.stale.startswith("no ") for inferer in nothing.runtimes.values())
     retrained = tmp_path / "model.pt"
     _retrain(checkpoint, retrained)
-    if not cpu_supports_bf16():  # stale export: PyTorch, not the old weights
-        assert "exported from another checkpoint" in select_base("auto", exported["onnx"], retrained).stale
+    stale = select_base("auto", exported["onnx"], retrained)  # stale export: PyTorch, not the old weights
+    assert all("exported from another checkpoint" in inferer.stale for inferer in stale.runtimes.values())
     with pytest.raises(ValueError, match="exported from another checkpoint"):
-        select_base("onnx", exported["onnx"], retrained)
-    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
+        select_base("openvino", exported["onnx"], retrained)
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx, openvino"):
         select_base("tensorrt", exported["onnx"], checkpoint)
 
 

@@ -375,8 +375,8 @@ def test_a_new_label_is_used_by_the_next_training_which_changes_the_model(
 
 def test_training_re_exports_the_onnx_model_that_inference_then_runs(server: dict, client, trained: dict) -> None:
     """With an export beside the weights (``--conf export_onnx auto``), a training re-exports it from the new
-    ``model.pt``; inference (``backend: auto``) never runs a stale export and, on a CPU without native bf16, runs
-    the new one with ONNX Runtime."""
+    ``model.pt``; inference (``backend: auto``) never runs a stale export: it checks the new one in both runtimes
+    and times them against PyTorch."""
     import onnx
     from bundle_utils import use_bundle
 
@@ -385,7 +385,6 @@ def test_training_re_exports_the_onnx_model_that_inference_then_runs(server: dic
     models = server["model"].parent
     export_bundle(models.parent, ckpt_dir=models, formats="onnx", quiet=True, spatial_size=OVERRIDES["spatial_size"])
     use_bundle(BUNDLE)
-    from scripts.engines import cpu_supports_bf16
     from scripts.onnx_inferer import SOURCE_KEY
 
     before = sha256(models / "model.onnx")
@@ -398,8 +397,9 @@ def test_training_re_exports_the_onnx_model_that_inference_then_runs(server: dic
     result, _ = client.infer(BUNDLE, HELD_OUT[0], {"result_extension": ".nrrd", "result_dtype": "uint8"})
     assert sitk.ReadImage(result).GetSize() == (WIDTH, HEIGHT)
     log = server["log"].read_text(errors="replace")
-    if not cpu_supports_bf16():
-        assert f"ONNX Runtime runs {models / 'model.onnx'}" in log, _log_tail(server)
+    for runtime in ("onnxruntime", "openvino"):
+        assert f"{runtime} runs {models / 'model.onnx'}" in log, _log_tail(server)
+    assert "backend auto: on the first batch torch" in log, _log_tail(server)
 
 
 def test_multi_gpu_training_path_runs_torchrun_and_publishes(server: dict, trained: dict) -> None:

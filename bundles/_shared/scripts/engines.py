@@ -53,7 +53,8 @@ def amp_mode(amp: bool | str, device: torch.device | str) -> str | None:
         logger.warning(
             "amp=True, but this CPU has no native bf16 (AVX512-BF16/AMX): running in fp32 (where native, bf16 "
             "trained 1.4x faster per epoch; README, Speed). For faster CPU inference here, export the model "
-            "(scripts/export_bundle.py): inference's default backend 'auto' then runs it with ONNX Runtime. "
+            "(scripts/export_bundle.py): inference's default backend 'auto' then times it in ONNX Runtime and "
+            "OpenVINO against PyTorch and runs the fastest. "
             "amp='bf16' forces emulated bf16, which is many times slower."
         )
     return None
@@ -166,12 +167,21 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
 class Evaluator(_AutocastMixin, SupervisedEvaluator):
     """``SupervisedEvaluator`` with the same ``amp`` semantics as :class:`Trainer`: on a CPU with native bf16,
     ``amp: true`` keeps bf16 only where the evaluator's own inferer (TTA views, ONNX base, whatever it is) ran
-    measurably faster with it on the first batch, in eval mode and without gradients."""
+    measurably faster with it on the first batch, in eval mode and without gradients. An inferer whose base owns
+    the precision (``backend: auto``, :class:`scripts.onnx_inferer.AutoBackend`, which times bf16 among PyTorch
+    and the exported runtimes) is not measured twice."""
 
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self._register_float_predictions()
+
+    def _choose_amp(self, engine, batchdata) -> str | None:
+        base = getattr(self.inferer, "base", self.inferer)
+        if getattr(base, "owns_precision", False):  # backend auto times PyTorch bf16 among its candidates
+            logger.info(f"amp: {type(base).__name__} chooses the precision of inference")
+            return None
+        return super()._choose_amp(engine, batchdata)
 
     def _probe(self, engine, batch) -> tuple[Callable[[], None], str, str]:
         inputs = batch[0]

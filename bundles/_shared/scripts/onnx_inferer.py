@@ -1,10 +1,13 @@
-"""Run the bundle's exported ONNX model with ONNX Runtime in place of the PyTorch network.
+"""Run the bundle's exported ONNX model with ONNX Runtime or OpenVINO in place of the PyTorch network.
 
-``configs/inference_onnx.json`` sets the bundle's ``inferer`` to :class:`OnnxInferer`; pre- and post-processing
-are the bundle's own, so the masks match eager inference (see ``tests/test_export.py``). Export the model with
-``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``). The export records the sha256 of the
-``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint, :class:`OnnxInferer`
-refuses a model exported from another one (a stale export after retraining would otherwise run the old model).
+``configs/inference_onnx.json`` sets the bundle's ``inferer`` base to :class:`OnnxInferer`; pre- and
+post-processing are the bundle's own, so the masks match eager inference (see ``tests/test_export.py``). Export the
+model with ``python scripts/export_bundle.py --bundle <bundle>`` (``models/model.onnx``). The export records the
+sha256 of the ``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint,
+:class:`OnnxInferer` refuses a model exported from another one (a stale export after retraining would otherwise run
+the old model). The same file runs in either runtime (``runtime``): ONNX Runtime (``backend: onnx``) or OpenVINO
+(``backend: openvino``, in fp32); ``backend: auto`` (:class:`AutoBackend`) times them and PyTorch on the first
+batch and runs the fastest.
 
 The export itself is defined here too (:func:`onnx_export_args`, :func:`export_onnx`, and on the command line
 ``python -m scripts.onnx_inferer`` in the bundle folder), so a bundle that travels without this repository (a
@@ -16,9 +19,11 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import importlib.util
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,9 @@ from .networks import samples_dropout
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_MIN_GAIN",
+    "RUNTIMES",
+    "AutoBackend",
     "ONNX_CONVERTER_KWARGS",
     "SOURCE_KEY",
     "OnnxInferer",
@@ -48,7 +56,10 @@ ort, _has_ort = optional_import("onnxruntime")
 logger = logging.getLogger(__name__)
 SOURCE_KEY = "source_checkpoint_sha256"
 _EXPORT_HINT = "export it with `python scripts/export_bundle.py --bundle <bundle>`"
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+#: the runtimes an :class:`OnnxInferer` runs the export in, and the ``backend`` that forces each
+RUNTIMES = {"onnxruntime": "onnx", "openvino": "openvino"}
+_INSTALL = {"onnxruntime": "pip install onnxruntime==1.23.2", "openvino": "pip install openvino==2026.4.1"}
 #: ``torch.onnx.export`` arguments of every bundle's model: the TorchScript-based exporter (``dynamo=False``: torch
 #: 2.13's default dynamo exporter needs ``onnxscript``, which is not installed) and dynamic batch, height and width,
 #: so the model runs at any ``spatial_size``.
@@ -156,7 +167,7 @@ def stale_message(onnx_file: str | Path, recorded: str | None, checkpoint: str |
 
 
 class OnnxInferer(Inferer):
-    """A callable taking the preprocessed batch ``(B, C, H, W)`` and returning the ONNX model's logits as a tensor.
+    """A callable taking the preprocessed batch ``(B, C, H, W)`` and returning the exported model's logits as a tensor.
 
     The output has the input's type, device and metadata (as a network's output would), so ``Invertd`` and
     ``SaveImaged`` work unchanged. The ``network`` argument of MONAI's inferer interface is only used to fall back
@@ -168,19 +179,21 @@ class OnnxInferer(Inferer):
 
     Args:
         path: the ``.onnx`` file (``models/model.onnx``).
-        threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
-        providers: execution providers; default ``["CPUExecutionProvider"]``.
+        threads: the runtime's intra-op threads; 0 lets the runtime choose.
+        providers: ONNX Runtime execution providers; default ``["CPUExecutionProvider"]``.
         in_channels: when given, checked against the model's input so a wrong file fails with a clear message.
         checkpoint: the ``model.pt`` the model should have been exported from (``<ckpt_dir>/model.pt``); when the
             file exists and the model records its source (:func:`stamp_source`), a mismatch makes the model stale.
             Absent (an ONNX-only deployment) or unrecorded (an older export, logged), nothing is checked, except
-            with ``on_stale="torch"``, which runs ONNX Runtime only on a verified match.
+            with ``on_stale="torch"``, which runs the export only on a verified match.
         on_stale: ``"error"``: a stale model raises (at load, or at the first batch after ``model.pt`` changed);
             ``"torch"``: batches go to the PyTorch ``network`` until the model matches again (``backend: auto``).
+        runtime: ``"onnxruntime"`` or ``"openvino"`` (OpenVINO's CPU plugin, fp32 inference precision: its default
+            on a CPU with native bf16 would be bf16, whose masks differ from eager fp32).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (``on_stale="torch"``: PyTorch runs until it does).
-        ImportError: onnxruntime is not installed.
+        ImportError: the runtime is not installed.
         ValueError: the model's input channels differ from ``in_channels``; a stale model with ``on_stale="error"``.
     """
 
@@ -192,48 +205,67 @@ class OnnxInferer(Inferer):
         in_channels: int | None = None,
         checkpoint: str | Path | None = None,
         on_stale: str = "error",
+        runtime: str = "onnxruntime",
     ) -> None:
         super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
         self.path = Path(str(path))
         if not self.path.is_file() and on_stale != "torch":
             raise FileNotFoundError(f"{self.path} not found: {_EXPORT_HINT} or set onnx_file.")
-        if not _has_ort:
-            raise ImportError("inference_onnx.json needs onnxruntime: pip install onnxruntime==1.23.2")
+        if not runtime_installed(runtime):
+            raise ImportError(f"backend {RUNTIMES[runtime]} needs {runtime}: {_INSTALL[runtime]}")
         if on_stale not in ("error", "torch"):
             raise ValueError(f"on_stale must be 'error' or 'torch'; got {on_stale!r}.")
         self.threads, self.providers, self.in_channels = int(threads), providers, in_channels
         self.checkpoint = Path(str(checkpoint)) if checkpoint is not None else None
-        self.on_stale = on_stale
-        self.session: Any = None
+        self.on_stale, self.runtime = on_stale, runtime
+        self.session: Any = None  #: the ONNX Runtime session or the OpenVINO compiled model
         self.input_name = ""
-        self.stale: str | None = None  #: why the ONNX model does not serve now (``on_stale="torch"``), or None
+        self.source: str | None = None  #: the checkpoint sha256 the loaded model records (:func:`stamp_source`)
+        self.stale: str | None = None  #: why the exported model does not serve now (``on_stale="torch"``), or None
         self._seen: tuple | None = None
         self._lock = threading.Lock()
         self.refresh()
-
-    @property
-    def source(self) -> str | None:
-        """The sha256 of the checkpoint this model was exported from, as stamped by :func:`stamp_source`, or None."""
-        return self.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
 
     def _files(self) -> tuple:
         return tuple(_file_state(p) for p in (self.path, self.checkpoint))
 
     def _load(self) -> None:
+        if self.runtime == "openvino":
+            session, channels, name = self._load_openvino()
+            source = recorded_source(self.path)
+        else:
+            session = self._load_onnxruntime()
+            model_input = session.get_inputs()[0]
+            channels = model_input.shape[1] if len(model_input.shape) > 1 else None
+            name, source = model_input.name, session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        if self.in_channels is not None and isinstance(channels, int) and channels != int(self.in_channels):
+            raise ValueError(f"{self.path} takes {channels}-channel images but in_channels is {self.in_channels}.")
+        self.session, self.input_name, self.source = session, name, source
+
+    def _load_onnxruntime(self) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         # idle intra-op threads would spin after each run and take the cores from the pre- and post-processing
         # that run between images (end to end at 2 threads: spinning made ONNX Runtime no faster than eager)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(self.path), sess_options=options, providers=self.providers or ["CPUExecutionProvider"]
         )
-        model_input = session.get_inputs()[0]
-        channels = model_input.shape[1] if len(model_input.shape) > 1 else None
-        if self.in_channels is not None and isinstance(channels, int) and channels != int(self.in_channels):
-            raise ValueError(f"{self.path} takes {channels}-channel images but in_channels is {self.in_channels}.")
-        self.session, self.input_name = session, model_input.name
+
+    def _load_openvino(self) -> tuple[Any, int | None, str]:
+        import openvino
+
+        core = openvino.Core()
+        model = core.read_model(str(self.path))
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads > 0:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        compiled = core.compile_model(model, "CPU", config)
+        channels = model.inputs[0].get_partial_shape()[1]
+        return compiled, channels.get_length() if channels.is_static else None, compiled.inputs[0].get_any_name()
 
     def _why_stale(self) -> str | None:
         """Why the loaded model must not serve (None: it may)."""
@@ -257,7 +289,7 @@ class OnnxInferer(Inferer):
         """Reload the model and re-check it against the checkpoint if either file changed since the last check.
 
         Returns:
-            Why batches go to PyTorch (``on_stale="torch"``), or None while the ONNX model serves.
+            Why batches go to PyTorch (``on_stale="torch"``), or None while the exported model serves.
 
         Raises:
             ValueError: the model is stale and ``on_stale="error"``.
@@ -284,16 +316,16 @@ class OnnxInferer(Inferer):
                 raise ValueError(stale)
             self._seen, self.stale = files, stale
             if stale:
-                (logger.info if quiet else logger.warning)(f"The PyTorch network runs, not ONNX Runtime: {stale}.")
+                (logger.info if quiet else logger.warning)(f"The PyTorch network runs, not {self.runtime}: {stale}.")
             elif self.on_stale == "torch" or before:
-                logger.info(f"ONNX Runtime runs {self.path} (exported from {self.checkpoint}).")
+                logger.info(f"{self.runtime} runs {self.path} (exported from {self.checkpoint}).")
             return stale
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Logits of the ONNX model for ``inputs``, with the type, device and metadata of ``inputs``; the PyTorch
-        ``network``'s while the model is stale (``on_stale="torch"``), and whenever ``network`` samples dropout
-        (Monte-Carlo dropout, :func:`scripts.networks.enable_mc_dropout`): the export, traced in eval mode, has no
-        dropout, so every sample would be the same."""
+        """Logits of the exported model for ``inputs``, with the type, device and metadata of ``inputs``; the
+        PyTorch ``network``'s while the model is stale (``on_stale="torch"``), and whenever ``network`` samples
+        dropout (Monte-Carlo dropout, :func:`scripts.networks.enable_mc_dropout`): the export, traced in eval mode,
+        has no dropout, so every sample would be the same."""
         if network is not None and samples_dropout(network):
             return network(inputs, *args, **kwargs)
         stale = self.refresh()
@@ -303,8 +335,98 @@ class OnnxInferer(Inferer):
                 raise RuntimeError(f"{stale or self.stale}, and no PyTorch network was given to fall back on.")
             return network(inputs, *args, **kwargs)
         array = np.ascontiguousarray(convert_to_numpy(inputs, dtype=np.float32))
-        logits = session.run(None, {input_name: array})[0]
+        if self.runtime == "openvino":  # an infer request per call (microseconds): one is not safe across threads
+            logits = session.create_infer_request().infer({input_name: array})[0]
+        else:
+            logits = session.run(None, {input_name: array})[0]
         return convert_to_dst_type(torch.from_numpy(logits), inputs, dtype=torch.float32)[0]
+
+
+#: a runtime (or bf16) is chosen over PyTorch fp32 only when PyTorch fp32 takes at least this many times as long
+BACKEND_MIN_GAIN = 1.05
+BACKEND_PROBE_REPEATS = 3
+
+
+class AutoBackend(Inferer):
+    """``backend: auto`` on a CPU: the fastest of PyTorch fp32, PyTorch bf16 autocast (where ``amp`` allows it on this
+    CPU) and the matching export in each installed runtime, timed on the first batch.
+
+    Each candidate runs once to warm up, then :data:`BACKEND_PROBE_REPEATS` times in turns; the fastest run of each
+    is compared and PyTorch fp32 is left only for a candidate at least :data:`BACKEND_MIN_GAIN` times faster (near a
+    tie the exact, always-current network stays). The times and the choice are logged. The choice is measured again
+    whenever the set of exports that may serve changes (one exported, retrained, re-exported: each runtime's
+    :meth:`OnnxInferer.refresh`), and a stale export never serves. This inferer owns inference precision: PyTorch
+    runs under the autocast setting it chose, whatever the caller's, and the output is always float32.
+
+    Args:
+        runtimes: runtime name -> :class:`OnnxInferer` (``on_stale="torch"``) on the bundle's export.
+        bf16: whether PyTorch bf16 autocast is a candidate.
+    """
+
+    owns_precision = True  #: :class:`scripts.engines.Evaluator` leaves ``amp`` to this inferer
+
+    def __init__(self, runtimes: dict[str, OnnxInferer], bf16: bool = False) -> None:
+        super().__init__()
+        self.runtimes, self.bf16 = dict(runtimes), bool(bf16)
+        self.choice = "torch"  #: ``"torch"``, ``"torch-bf16"`` or a runtime name
+        self.seconds: dict[str, float] = {}  #: the fastest time of each candidate at the last measurement
+        self._measured_for: tuple[str, ...] | None = None
+
+    def _torch(self, bf16: bool) -> Callable[..., torch.Tensor]:
+        def run(inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return network(inputs, *args, **kwargs).float()
+
+        return run
+
+    def candidates(self, serving: Sequence[str]) -> dict[str, Callable[..., torch.Tensor]]:
+        found = {"torch": self._torch(False)}
+        if self.bf16:
+            found["torch-bf16"] = self._torch(True)
+        found.update({name: self.runtimes[name] for name in serving})
+        return found
+
+    def measure(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> str:
+        """Time every candidate on ``inputs`` and set :attr:`choice` (and :attr:`seconds`); returns the choice."""
+        serving = tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
+        found = self.candidates(serving)
+        self._measured_for = serving
+        if len(found) == 1:
+            self.choice, self.seconds = "torch", {}
+            return self.choice
+        times: dict[str, list[float]] = {name: [] for name in found}
+        names = list(found)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for i in range(BACKEND_PROBE_REPEATS + 1):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    t0 = time.perf_counter()
+                    found[name](inputs, network, *args, **kwargs)
+                    if i:  # the first run of each builds its kernels
+                        times[name].append(time.perf_counter() - t0)
+        self.seconds = {name: min(t) for name, t in times.items()}
+        best = min(self.seconds, key=self.seconds.get)
+        self.choice = best if self.seconds["torch"] >= BACKEND_MIN_GAIN * self.seconds[best] else "torch"
+        figures = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in self.seconds.items())
+        logger.info(
+            f"backend auto: on the first batch {figures}: running {self.choice} (another than PyTorch fp32 needs "
+            f"{BACKEND_MIN_GAIN}x; backend torch, onnx or openvino forces one)"
+        )
+        return self.choice
+
+    def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if network is None:
+            raise RuntimeError("backend auto needs the PyTorch network to measure against and to fall back on.")
+        if samples_dropout(network):  # Monte-Carlo dropout: the network as the caller runs it
+            return network(inputs, *args, **kwargs)
+        serving = tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
+        if serving != self._measured_for:
+            self.measure(inputs, network, *args, **kwargs)
+        return self.candidates(serving)[self.choice](inputs, network, *args, **kwargs)
+
+
+def runtime_installed(runtime: str) -> bool:
+    """Whether ``runtime`` (a key of :data:`RUNTIMES`) can be imported here."""
+    return _has_ort if runtime == "onnxruntime" else importlib.util.find_spec(runtime) is not None
 
 
 def _file_state(path: Path | None) -> tuple[int, int, int] | None:
@@ -325,33 +447,43 @@ def select_base(
     device: torch.device | str = "cpu",
     in_channels: int | None = None,
     threads: int = 0,
-) -> OnnxInferer | None:
+    amp: bool | str = False,
+) -> Inferer | None:
     """The inference ``backend`` key: the base inferer for :class:`scripts.uncertainty.FlipTTAInferer`.
 
     * ``torch``: None (the PyTorch network, with ``amp``).
-    * ``onnx``: :class:`OnnxInferer` on ``onnx_file``; a missing, mismatched or stale file is an error, also when
-      ``checkpoint`` changes while the workflow runs.
-    * ``auto``: ONNX Runtime only where it measured faster and is known to hold the same weights: on a CPU
-      without native bf16 (there ONNX Runtime was 1.10-1.30x faster end to end at 2 threads, 1.25-1.59x at one;
-      with native bf16 or on CUDA, PyTorch's ``amp`` is faster), with onnxruntime installed and an ``onnx_file``
-      stamped with the sha256 of ``checkpoint``. While the export does not match (an export of older weights
-      after retraining, an unstamped one, none yet), the PyTorch network runs, and the reason is logged; an export
-      or re-export is picked up without a restart (:meth:`OnnxInferer.refresh`). Elsewhere: PyTorch.
+    * ``onnx`` / ``openvino``: :class:`OnnxInferer` on ``onnx_file`` in ONNX Runtime / OpenVINO; a missing,
+      mismatched or stale file is an error, also when ``checkpoint`` changes while the workflow runs.
+    * ``auto``: on CUDA, and with ``amp: "bf16"`` (forced bf16 autocast), PyTorch. On a CPU, :class:`AutoBackend`:
+      whichever of PyTorch fp32, PyTorch bf16 (``amp`` true on a CPU with native bf16) and the export in each installed runtime ran fastest on the
+      first batch. An export serves only while it is stamped with the sha256 of ``checkpoint``: before it exists,
+      after a retraining, unstamped, PyTorch runs and the reason is logged; an export or re-export is picked up
+      (and measured) without a restart (:meth:`OnnxInferer.refresh`). Measured on three CPUs (README, Speed):
+      neither bf16 nor any one runtime is fastest on every CPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     if backend == "torch":
         return None
-    if backend == "onnx":
-        return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint)
-    from .engines import cpu_supports_bf16
+    if backend != "auto":
+        runtime = next(name for name, forced in RUNTIMES.items() if forced == backend)
+        return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, runtime=runtime)
+    from .engines import amp_mode
 
-    if torch.device(device).type != "cpu" or cpu_supports_bf16():
+    if torch.device(device).type != "cpu" or amp == "bf16":  # amp "bf16" forces PyTorch bf16 autocast
         return None
-    if not _has_ort:
-        logger.info("backend auto: PyTorch on this CPU without native bf16, as onnxruntime is not installed.")
-        return None
-    return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch")
+    runtimes = {
+        name: OnnxInferer(
+            onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch", runtime=name
+        )
+        for name in RUNTIMES
+        if runtime_installed(name)
+    }
+    missing = [_INSTALL[name] for name in RUNTIMES if name not in runtimes]
+    if missing:
+        logger.info(f"backend auto: not measuring the runtimes that are not installed ({'; '.join(missing)})")
+    bf16 = amp_mode(amp, device) == "cpu"
+    return AutoBackend(runtimes, bf16=bf16) if runtimes or bf16 else None
 
 
 def _cli_value(text: str) -> Any:
