@@ -8,6 +8,7 @@ Usage::
     python scripts/bench_inference.py run --bundles brain_tumor --ensemble_size 1,2   # a 2-network mean ensemble too
     python scripts/bench_inference.py run --bundles brain_tumor --tta_views 1,4       # 4-view flip TTA too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
+    python scripts/bench_inference.py parts [--bundle ph2_melanoma] [--out ...]   # FastResized, plain-tensor forward
 
 For each bundle (its current default network, ``spatial_size`` and ``tta_views``): a model is trained for ``epochs`` epochs on synthetic
 data at 64x64 (weights only matter for the masks being non-trivial) and exported to TorchScript and ONNX
@@ -400,5 +401,87 @@ def show(path: str = str(DEFAULT_OUT)) -> None:
     print(format_table(json.loads(Path(path).read_text())["results"]))
 
 
+def _times_ms(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def parts(
+    bundle: str = "ph2_melanoma",
+    threads: int = 2,
+    repeats: int = 30,
+    out: str = str(REPO / "benchmarks" / "results" / "inference_parts_cpu.json"),
+) -> None:
+    """Two pieces of every bundle's pipeline against MONAI's own, in one run (the two sides take turns):
+
+    * the anti-aliased resize of pre-processing: the bundles' ``FastResized`` against MONAI's ``Resized``
+      (``anti_aliasing=True``, bilinear) at PH2's original size, at 512x512 and on a grey 512x512 image, with
+      whether the outputs are equal;
+    * ``bundle``'s network (its default, random weights, eval mode, no gradients) on a ``MetaTensor`` against a
+      plain tensor (what ``FlipTTAInferer`` now passes it) at the bundle's ``spatial_size``.
+    """
+    sys.path.insert(0, str(BUNDLES_DIR / bundle))
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    from monai.transforms import Resized
+
+    from scripts.transforms import FastResized
+
+    torch.set_num_threads(threads)
+    rows: list[dict[str, Any]] = []
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((3, 560, 768), (3, 512, 512), (1, 512, 512)):
+        image = MetaTensor(torch.rand(shape, generator=generator))
+        kwargs = {"keys": "image", "spatial_size": (256, 256), "mode": "bilinear", "anti_aliasing": True}
+        sides = {"monai": Resized(**kwargs), "fast": FastResized(**kwargs)}
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for i in range(repeats):
+            for name in sides if i % 2 == 0 else list(sides)[::-1]:
+                times[name] += _times_ms(lambda t=sides[name], x=image: t({"image": x.clone()}), 1)
+        equal = torch.equal(sides["monai"]({"image": image})["image"], sides["fast"]({"image": image})["image"])
+        row = {"part": f"Resized {'x'.join(map(str, shape))} -> 256x256", "equal": equal}
+        row.update({f"{name}_ms": round(statistics.median(t), 2) for name, t in times.items()})
+        rows.append(row)
+    config = ConfigParser()
+    config.read_config(str(BUNDLES_DIR / bundle / "configs" / "inference.json"))
+    net = config.get_parsed_content("network_def").eval()
+    size = config.get_parsed_content("spatial_size")
+    plain = torch.rand(1, config.get_parsed_content("in_channels"), *size, generator=generator)
+    inputs = {"metatensor": MetaTensor(plain.clone()), "plain": plain}
+    times = {name: [] for name in inputs}
+    with torch.no_grad():
+        for i in range(repeats):
+            for name in inputs if i % 2 == 0 else list(inputs)[::-1]:
+                times[name] += _times_ms(lambda x=inputs[name]: net(x), 1)
+        equal = torch.equal(net(inputs["metatensor"]).as_tensor(), net(plain))
+    row = {"part": f"{bundle} {config['network']} forward {'x'.join(map(str, size))}", "equal": equal}
+    row.update({"monai_ms": round(statistics.median(times["metatensor"]), 2)})
+    row.update({"fast_ms": round(statistics.median(times["plain"]), 2)})
+    rows.append(row)
+    for row in rows:
+        row["speed_up"] = round(row["monai_ms"] / row["fast_ms"], 2)
+        print(
+            f"{row['part']:44s} MONAI {row['monai_ms']:7.2f} ms  ours {row['fast_ms']:7.2f} ms  "
+            f"{row['speed_up']:.2f}x  equal {row['equal']}"
+        )
+    meta = {
+        "cpu": cpu_name(),
+        "threads": threads,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "note": "median ms, the two sides alternating in one run; "
+        "'monai': MONAI's Resized / a MetaTensor input, 'fast': FastResized / a plain tensor",
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"meta": meta, "results": rows}, indent=4) + "\n")
+    print(f"wrote {out}")
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "show": show})
+    fire.Fire({"run": run, "show": show, "parts": parts})

@@ -439,3 +439,39 @@ def test_auto_backend_stays_with_pytorch_near_a_tie_and_owns_the_precision() -> 
         out = auto(torch.rand(1, 3, 8, 8), network)
     assert auto.choice in ("torch", "torch-bf16") and sorted(auto.seconds) == ["tie", "torch", "torch-bf16"]
     assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "sigma", "dtype"),
+    [
+        ((3, 560, 768), (256, 256), None, torch.float32),  # PH2's downsizing, two sigmas
+        ((1, 97, 64), (48, 64), None, torch.uint8),  # one axis downsized, an integer image
+        ((3, 40, 50), (80, 25), 0.8, torch.float32),  # a given sigma applies to the downsized axis only
+        ((1, 32, 32), (64, 64), None, torch.float32),  # upsizing: no filter
+    ],
+)
+def test_fast_resized_is_monais_resized_and_inverts_the_same(shape, size, sigma, dtype) -> None:
+    """``FastResized`` (the bundles' ``Resized``) gives MONAI's anti-aliased ``Resized`` output exactly, keeps the
+    metadata and earlier operations of its input, and ``Invertd`` undoes it as MONAI's."""
+    from monai.transforms import Compose, CropForegroundd, Resized
+
+    from scripts.transforms import FastResized, gaussian_smooth
+
+    generator = torch.Generator().manual_seed(0)
+    image = (torch.rand(shape, generator=generator) * 255).to(dtype)
+    kwargs = {"keys": "image", "spatial_size": size, "mode": "bilinear", "anti_aliasing": True}
+    if sigma is not None:
+        kwargs["anti_aliasing_sigma"] = sigma
+    crop = {"keys": "image", "source_key": "image", "select_fn": lambda x: x >= 0, "margin": 0}
+    ours, monais = (Compose([CropForegroundd(**crop), t(**kwargs)]) for t in (FastResized, Resized))
+    out, expected = ours({"image": image.clone()})["image"], monais({"image": image.clone()})["image"]
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    assert torch.equal(out.as_tensor(), expected.as_tensor())
+    assert [op["class"] for op in out.applied_operations] == ["CropForeground", "FastResize"]
+    assert torch.equal(ours.inverse({"image": out})["image"], monais.inverse({"image": expected})["image"])
+
+    from monai.transforms import GaussianSmooth
+
+    smooth = torch.rand(2, 30, 41, generator=generator)
+    assert torch.equal(gaussian_smooth(smooth, [0.7, 1.3]), GaussianSmooth(sigma=[0.7, 1.3])(smooth))
+    assert torch.equal(gaussian_smooth(smooth, [0.0, 1.3]), GaussianSmooth(sigma=[0.0, 1.3])(smooth))
