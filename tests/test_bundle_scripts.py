@@ -475,3 +475,31 @@ def test_fast_resized_is_monais_resized_and_inverts_the_same(shape, size, sigma,
     smooth = torch.rand(2, 30, 41, generator=generator)
     assert torch.equal(gaussian_smooth(smooth, [0.7, 1.3]), GaussianSmooth(sigma=[0.7, 1.3])(smooth))
     assert torch.equal(gaussian_smooth(smooth, [0.0, 1.3]), GaussianSmooth(sigma=[0.0, 1.3])(smooth))
+
+
+def test_ensemble_evaluator_measures_amp_over_its_members(monkeypatch, caplog) -> None:
+    """The ensemble evaluator decides ``amp: true`` as the single-model one does: both precisions timed over all
+    members' forward passes on the first batch, the choice logged, the members' weights untouched."""
+    from monai.data import DataLoader
+
+    import scripts.engines as engines
+    from scripts.ensemble import EnsembleEvaluator
+
+    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda: True)
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4)) for _ in range(2)]
+    before = [{k: v.clone() for k, v in net.state_dict().items()} for net in nets]
+    data = [{"image": torch.rand(1, 16, 16), "label": torch.zeros(1, 16, 16)} for _ in range(2)]
+    evaluator = EnsembleEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=1),
+        networks=nets,
+        pred_keys=["pred_a", "pred_b"],
+        amp=True,
+    )
+    with caplog.at_level("INFO", logger="scripts.engines"):
+        evaluator.run()
+    assert evaluator.amp_device in ("cpu", None)
+    assert any(r.getMessage().startswith("amp: inference of the 2 members on this CPU took") for r in caplog.records)
+    assert all(torch.equal(b[k], v) for net, b in zip(nets, before, strict=True) for k, v in net.state_dict().items())
+    assert all(evaluator.state.output[0][key].dtype == torch.float32 for key in ("pred_a", "pred_b"))

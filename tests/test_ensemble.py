@@ -119,6 +119,26 @@ def test_ensemble_inference_of_architectures_and_folds(trained: dict[str, Path])
             assert json.loads((out / f"{image.stem}_findings.json").read_text())["summary"]
 
 
+def test_ensemble_inference_runs_every_member_beside_an_export(trained: dict[str, Path], tmp_path: Path) -> None:
+    """``backend: auto`` serves ``<ckpt_dir>/model.onnx`` for ``<ckpt_dir>/model.pt`` alone: an ensemble from that
+    folder runs each member's own network, never that export in place of each."""
+    import shutil
+
+    from lesiondata.bundles import BUNDLES_DIR
+
+    use_bundle(NAME)
+    from scripts.onnx_inferer import export_onnx
+
+    ckpt = tmp_path / "models"
+    shutil.copytree(trained["models"], ckpt)
+    shutil.copy(ckpt / "fold1" / "model.pt", ckpt / "model.pt")
+    configs = ["inference.json", "ensemble_inference.json"]
+    alone = _infer(trained, "pred_folds_alone", configs, ckpt_dir=str(ckpt))
+    export_onnx(BUNDLES_DIR / NAME, ckpt / "model.pt", ckpt / "model.onnx", spatial_size=SMALL["spatial_size"])
+    beside = _infer(trained, "pred_folds_beside", configs, ckpt_dir=str(ckpt))
+    assert mask_agreement(alone, beside)["agreement"] == 1.0
+
+
 def test_merged_fold_ensemble_runs_in_the_single_network_workflows(trained: dict[str, Path]) -> None:
     """``ensemble_merge.json`` writes the fold models as one checkpoint; ``inference`` with ``--ensemble_size 2``
     gives the masks of the mean ``EnsembleEvaluator`` and ``evaluate`` scores it at the original size."""

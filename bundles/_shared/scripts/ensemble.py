@@ -8,7 +8,6 @@ cases to ``ensemble_metrics.json``, so the gain of the ensemble over its members
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -27,7 +26,7 @@ from monai.transforms.post.array import MeanEnsemble, VoteEnsemble
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from .engines import amp_mode
+from .engines import _AutocastMixin
 from .handlers import atomic_write_json
 from .networks import MeanEnsembleNet, build_network
 
@@ -267,22 +266,32 @@ def metric_handlers(keys: Sequence[str]) -> dict[str, MeanDice | MeanIoUHandler]
     return handlers
 
 
-class EnsembleEvaluator(_MonaiEnsembleEvaluator):
-    """MONAI's ``EnsembleEvaluator`` with the bundles' ``amp``: fp16 AMP on CUDA, bf16 autocast on a capable CPU.
+class EnsembleEvaluator(_AutocastMixin, _MonaiEnsembleEvaluator):
+    """MONAI's ``EnsembleEvaluator`` with the bundles' ``amp``: fp16 AMP on CUDA; on a CPU with native bf16, bf16
+    autocast only where the members' forward passes (the evaluator's inferer, eval mode, no gradients) ran
+    measurably faster with it on the first batch, as :class:`scripts.engines.Evaluator` decides (``amp: "bf16"``
+    forces it, ``false`` fp32).
 
     The members' predictions are cast to float32 as soon as the forward passes end (``FORWARD_COMPLETED``), before
     MONAI decollates and post-processes them (``MODEL_COMPLETED``, still inside the iteration).
     """
 
     def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
-        self.amp_device = amp_mode(amp, kwargs.get("device", "cpu"))
-        super().__init__(*args, amp=self.amp_device == "cuda", **kwargs)
+        cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
+        super().__init__(*args, amp=cuda_amp, **kwargs)
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._predictions_to_float)
 
-    def _iteration(self, engine: Engine, batchdata: dict[str, torch.Tensor]) -> dict:
-        cpu_bf16 = self.amp_device == "cpu"
-        with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext():
-            return super()._iteration(engine, batchdata)
+    def _probe(self, engine, batch) -> tuple:
+        inputs = batch[0]
+        for network in engine.networks:  # as MONAI's iteration does: norm statistics are not updated
+            network.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                for network in engine.networks:
+                    engine.inferer(inputs, network)
+
+        return step, f"inference of the {len(engine.networks)} members", "running"
 
     def _predictions_to_float(self, engine: Engine) -> None:
         out = engine.state.output
