@@ -55,7 +55,12 @@ def metadata(name: str, task: dict) -> dict:
             "scipy": "1.15.3",
             "matplotlib": "3.10.7",
         },
-        "optional_packages_version": {"onnxruntime": "1.23.2", "openvino": "2026.4.1", "tensorboard": "2.20.0", "mlflow-skinny": "3.6.0"},
+        "optional_packages_version": {
+            "onnxruntime": "1.23.2",
+            "openvino": "2026.4.1",
+            "tensorboard": "2.20.0",
+            "mlflow-skinny": "3.6.0",
+        },
         "name": task["display_name"],
         "task": task["task"],
         "description": task["description"],

@@ -371,6 +371,7 @@ class AutoBackend(Inferer):
         self.choice = "torch"  #: ``"torch"``, ``"torch-bf16"`` or a runtime name
         self.seconds: dict[str, float] = {}  #: the fastest time of each candidate at the last measurement
         self._measured_for: tuple[str, ...] | None = None
+        self._lock = threading.Lock()  # concurrent first requests (the label app's workers) measure once
 
     def _torch(self, bf16: bool) -> Callable[..., torch.Tensor]:
         def run(inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
@@ -420,8 +421,12 @@ class AutoBackend(Inferer):
             return network(inputs, *args, **kwargs)
         serving = tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
         if serving != self._measured_for:
-            self.measure(inputs, network, *args, **kwargs)
-        return self.candidates(serving)[self.choice](inputs, network, *args, **kwargs)
+            with self._lock:
+                if serving != self._measured_for:
+                    self.measure(inputs, network, *args, **kwargs)
+        with self._lock:  # the choice of the measurement just made, or of one another thread finished meanwhile
+            choice, serving = self.choice, self._measured_for
+        return self.candidates(serving)[choice](inputs, network, *args, **kwargs)
 
 
 def runtime_installed(runtime: str) -> bool:
