@@ -32,5 +32,5 @@ pip_install --no-deps -r requirements-nodeps.txt
 if [ "${1:-}" = "--dev" ]; then
   pip_install -r requirements-dev.txt
 fi
-"$VENV/bin/python" -c "import torch, monai, monailabel; print('[setup_env] torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
+"$VENV/bin/python" -c "import torch, monai, monailabel, onnxruntime, openvino; print('[setup_env] torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__, '| onnxruntime', onnxruntime.__version__, '| openvino', openvino.__version__)"
 echo "$want" > "$stamp"
