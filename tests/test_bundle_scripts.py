@@ -503,3 +503,24 @@ def test_ensemble_evaluator_measures_amp_over_its_members(monkeypatch, caplog) -
     assert any(r.getMessage().startswith("amp: inference of the 2 members on this CPU took") for r in caplog.records)
     assert all(torch.equal(b[k], v) for net, b in zip(nets, before, strict=True) for k, v in net.state_dict().items())
     assert all(evaluator.state.output[0][key].dtype == torch.float32 for key in ("pred_a", "pred_b"))
+
+
+def test_auto_backend_leaves_out_a_runtime_that_fails_and_keeps_serving(caplog) -> None:
+    """A runtime that cannot run the model (an operator it lacks, an input it refuses) is logged and left out; the
+    measurement goes on with the others and is not repeated at every call."""
+    from scripts.onnx_inferer import AutoBackend
+
+    class Failing(_Runtime):
+        def __call__(self, inputs, network=None):
+            self.calls += 1
+            raise RuntimeError("unsupported operator")
+
+    broken, fast = Failing(0.0, 0.0), _Runtime(0.002, 1.0)
+    auto = AutoBackend({"broken": broken, "fast": fast})
+    network, batch = _slow_network(0.02), torch.rand(1, 3, 8, 8)
+    with caplog.at_level("WARNING", logger="scripts.onnx_inferer"):
+        assert torch.all(auto(batch, network) == 1.0) and auto.choice == "fast"
+    assert "broken failed on the first batch, not using it: unsupported operator" in caplog.text
+    assert sorted(auto.seconds) == ["fast", "torch"] and broken.calls == 1
+    auto(batch, network)
+    assert broken.calls == 1  # not measured again while the exports stay the same
