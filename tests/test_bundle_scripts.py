@@ -470,7 +470,15 @@ def test_fast_resized_is_monais_resized_and_inverts_the_same(shape, size, sigma,
     assert [op["class"] for op in out.applied_operations] == ["CropForeground", "FastResize"]
     assert torch.equal(ours.inverse({"image": out})["image"], monais.inverse({"image": expected})["image"])
 
-    from monai.transforms import GaussianSmooth
+    from monai.transforms import GaussianSmooth, Resize
+
+    from scripts.transforms import FastResize
+
+    array = image.numpy()  # a NumPy array in, as MONAI's Resize takes one
+    np.testing.assert_array_equal(
+        np.asarray(FastResize(size, mode="bilinear", anti_aliasing=True)(array)),
+        np.asarray(Resize(size, mode="bilinear", anti_aliasing=True)(array)),
+    )
 
     smooth = torch.rand(2, 30, 41, generator=generator)
     assert torch.equal(gaussian_smooth(smooth, [0.7, 1.3]), GaussianSmooth(sigma=[0.7, 1.3])(smooth))

@@ -13,7 +13,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, Rand2DElasticd, Resize, Resized
-from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple, get_equivalent_dtype
+from monai.utils import (
+    convert_to_dst_type,
+    convert_to_tensor,
+    ensure_tuple_rep,
+    fall_back_tuple,
+    get_equivalent_dtype,
+)
 from scipy import ndimage
 
 
@@ -338,8 +344,8 @@ class FastResize(Resize):
                     given = ensure_tuple_rep(sigma, len(size))
                     sigmas = [s * int(f > 1) for s, f in zip(given, factors.tolist(), strict=True)]
                 compute = get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor)
-                plain = img.as_tensor() if isinstance(img, MetaTensor) else img
-                img = convert_to_dst_type(gaussian_smooth(plain.to(compute), sigmas), img, dtype=compute)[0]
+                plain = convert_to_tensor(img, dtype=compute, track_meta=False)  # also a NumPy array
+                img = convert_to_dst_type(gaussian_smooth(plain, sigmas), img, dtype=compute)[0]
             anti_aliasing = False
         return super().__call__(img, mode, align_corners, anti_aliasing, sigma, dtype, lazy)
 
