@@ -17,7 +17,8 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -71,22 +72,49 @@ def choose_cpu_amp(fp32_seconds: list[float], bf16_seconds: list[float]) -> str 
     return "cpu" if min(fp32_seconds) >= BF16_MIN_GAIN * min(bf16_seconds) else None
 
 
-def measure_cpu_amp(step: Callable[[], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
-    """Time ``step()`` in fp32 and under bf16 autocast (one warm-up each, then ``repeats`` runs each, the
-    order alternating) and choose with :func:`choose_cpu_amp`. The torch random state is restored afterwards, so
-    the probe leaves the run's dropout and augmentation streams as they were. Returns the mode and the fastest
-    seconds of each."""
-    times: dict[bool, list[float]] = {False: [], True: []}
+def time_in_turns(
+    steps: dict[str, Callable[[], Any]], repeats: int = PROBE_REPEATS, optional: Collection[str] = ()
+) -> tuple[dict[str, float], dict[str, Exception]]:
+    """Time each of ``steps``: one warm-up run each (it builds kernels, loads runtimes), then ``repeats`` runs each
+    in turns, the order reversing every round, so a change of load hits every step alike. Returns the fastest run
+    of each (whatever else runs meanwhile only ever adds time) and the errors of the ``optional`` steps that failed
+    their warm-up (those are left out; any other error propagates). The torch random state is restored afterwards,
+    so the timing leaves the run's dropout and augmentation streams as they were. Shared by the ``amp`` probe
+    (:func:`measure_cpu_amp`) and ``backend: auto`` (:class:`scripts.onnx_inferer.AutoBackend`)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    failed: dict[str, Exception] = {}
+    names = list(steps)
     with torch.random.fork_rng(devices=[]):
         for i in range(repeats + 1):
-            for bf16 in (False, True) if i % 2 == 0 else (True, False):
+            for name in names if i % 2 == 0 else names[::-1]:
+                if name in failed:
+                    continue
                 t0 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    step()
-                if i:  # the first run of each mode builds its kernels
-                    times[bf16].append(time.perf_counter() - t0)
-    fastest = {"fp32_s": min(times[False]), "bf16_s": min(times[True])}
-    return choose_cpu_amp(times[False], times[True]), fastest
+                try:
+                    steps[name]()
+                except Exception as error:
+                    if i or name not in optional:
+                        raise
+                    failed[name] = error
+                    continue
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: min(t) for name, t in times.items() if name not in failed}, failed
+
+
+def measure_cpu_amp(step: Callable[[], None], repeats: int = PROBE_REPEATS) -> tuple[str | None, dict]:
+    """Time ``step()`` in fp32 and under bf16 autocast (:func:`time_in_turns`) and choose with
+    :func:`choose_cpu_amp`. Returns the mode and the fastest seconds of each."""
+
+    def under(bf16: bool) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                step()
+
+        return run
+
+    fastest, _ = time_in_turns({"fp32_s": under(False), "bf16_s": under(True)}, repeats)
+    return choose_cpu_amp([fastest["fp32_s"]], [fastest["bf16_s"]]), fastest
 
 
 def _distributed() -> bool:

@@ -22,8 +22,8 @@ import hashlib
 import importlib.util
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_numpy, optional_import
 
+from .engines import amp_mode, time_in_turns
 from .handlers import atomic_write_bytes
 from .networks import samples_dropout
 
@@ -395,25 +396,12 @@ class AutoBackend(Inferer):
         if len(found) == 1:
             self.choice, self.seconds = "torch", {}
             return self.choice
-        times: dict[str, list[float]] = {name: [] for name in found}
-        names = list(found)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            for i in range(BACKEND_PROBE_REPEATS + 1):
-                for name in names if i % 2 == 0 else names[::-1]:
-                    if name not in times:
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        found[name](inputs, network, *args, **kwargs)
-                    except Exception as error:  # a runtime that cannot run this model or input is left out
-                        if i or name in ("torch", "torch-bf16"):
-                            raise
-                        logger.warning(f"backend auto: {name} failed on the first batch, not using it: {error}")
-                        del times[name]
-                        continue
-                    if i:  # the first run of each builds its kernels
-                        times[name].append(time.perf_counter() - t0)
-        self.seconds = {name: min(t) for name, t in times.items()}
+        runtimes = [name for name in found if name not in ("torch", "torch-bf16")]
+        steps = {name: partial(run, inputs, network, *args, **kwargs) for name, run in found.items()}
+        with torch.no_grad():  # a runtime that cannot run this model or input is left out
+            self.seconds, failed = time_in_turns(steps, BACKEND_PROBE_REPEATS, optional=runtimes)
+        for name, error in failed.items():
+            logger.warning(f"backend auto: {name} failed on the first batch, not using it: {error}")
         best = min(self.seconds, key=self.seconds.get)
         self.choice = best if self.seconds["torch"] >= BACKEND_MIN_GAIN * self.seconds[best] else "torch"
         figures = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in self.seconds.items())
@@ -483,8 +471,6 @@ def select_base(
     if backend != "auto":
         runtime = next(name for name, forced in RUNTIMES.items() if forced == backend)
         return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, runtime=runtime)
-    from .engines import amp_mode
-
     if torch.device(device).type != "cpu" or amp == "bf16":  # amp "bf16" forces PyTorch bf16 autocast
         return None
     runtimes = {
