@@ -34,11 +34,13 @@ of the pixels.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from lesiondata.maskstats import mask_agreement  # noqa: E402
 from lesiondata.synthetic import make_demo_dataset  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "inference_cpu.json"
+MC_SAMPLES = 5  # the label app's default epistemic_simulation_size
 DEFAULT_WORK = REPO / "benchmarks" / "work" / "inference"
 MODES = ("fp32", "bf16", "torchscript", "onnx", "openvino", "auto")
 DEFAULT_MODES = MODES
@@ -423,14 +426,18 @@ def parts(
       (``anti_aliasing=True``, bilinear) at PH2's original size, at 512x512 and on a grey 512x512 image, with
       whether the outputs are equal;
     * ``bundle``'s network (its default, random weights, eval mode, no gradients) on a ``MetaTensor`` against a
-      plain tensor (what ``FlipTTAInferer`` now passes it) at the bundle's ``spatial_size``.
+      plain tensor (what ``FlipTTAInferer`` now passes it) at the bundle's ``spatial_size``;
+    * the label app's epistemic scoring of one image: ``MC_SAMPLES`` Monte-Carlo dropout passes of that network
+      with PyTorch's ``nn.Dropout`` against the bundles' ``FastDropout`` (``equal`` is None: the masks are random).
     """
     sys.path.insert(0, str(BUNDLES_DIR / bundle))
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
     from monai.transforms import Resized
 
+    from scripts.networks import use_fast_dropout
     from scripts.transforms import FastResized
+    from scripts.uncertainty import sample_probabilities
 
     torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []
@@ -463,10 +470,21 @@ def parts(
     row.update({"monai_ms": round(statistics.median(times["metatensor"]), 2)})
     row.update({"fast_ms": round(statistics.median(times["plain"]), 2)})
     rows.append(row)
+    # the label app's epistemic scoring: MC-dropout passes of the network, PyTorch's nn.Dropout against FastDropout
+    nets = {"monai": use_fast_dropout(copy.deepcopy(net), enable=False), "fast": net}
+    times = {name: [] for name in nets}
+    with torch.no_grad():
+        for i in range(repeats):
+            for name in nets if i % 2 == 0 else list(nets)[::-1]:
+                run = partial(sample_probabilities, nets[name], plain, "mc_dropout", MC_SAMPLES)
+                times[name] += _times_ms(run, 1)
+    row = {"part": f"{bundle} MC dropout x{MC_SAMPLES} {'x'.join(map(str, size))}", "equal": None}
+    row.update({f"{name}_ms": round(statistics.median(t), 2) for name, t in times.items()})
+    rows.append(row)
     for row in rows:
         row["speed_up"] = round(row["monai_ms"] / row["fast_ms"], 2)
         print(
-            f"{row['part']:44s} MONAI {row['monai_ms']:7.2f} ms  ours {row['fast_ms']:7.2f} ms  "
+            f"{row['part']:44s} MONAI/PyTorch {row['monai_ms']:7.2f} ms  ours {row['fast_ms']:7.2f} ms  "
             f"{row['speed_up']:.2f}x  equal {row['equal']}"
         )
     meta = {
@@ -476,7 +494,8 @@ def parts(
         "torch": torch.__version__,
         "monai": monai.__version__,
         "note": "median ms, the two sides alternating in one run; "
-        "'monai': MONAI's Resized / a MetaTensor input, 'fast': FastResized / a plain tensor",
+        "'monai': MONAI's Resized / a MetaTensor input / nn.Dropout, 'fast': FastResized / a plain tensor / "
+        "FastDropout",
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"meta": meta, "results": rows}, indent=4) + "\n")

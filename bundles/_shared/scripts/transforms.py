@@ -294,8 +294,8 @@ def gaussian_smooth(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
     """MONAI's ``GaussianSmooth(sigma)`` of a channel-first ``(C, *spatial)`` tensor (its erf kernel truncated at 4
     sigma, zero padding, one axis after the other) by shifted multiply-adds instead of a grouped convolution: the
     same values (tests/test_bundle_scripts.py), faster on a CPU for the small kernels of an anti-aliased downsizing:
-    the whole resize of a 3 x 560 x 768 PH2 image to 256 x 256 took 5.3 ms against MONAI's 26.5 ms (5.0x), of a
-    3 x 512 x 512 one 3.2 against 7.3 ms (2.3x), at 2 threads on an Intel Xeon (``python scripts/bench_inference.py
+    the whole resize of a 3 x 560 x 768 PH2 image to 256 x 256 took 5.2 ms against MONAI's 26.4 ms (5.1x), of a
+    3 x 512 x 512 one 3.2 against 7.5 ms (2.3x), at 2 threads on an Intel Xeon (``python scripts/bench_inference.py
     parts``, ``benchmarks/results/inference_parts_cpu_xeon.json``). A sigma <= 0 leaves its axis as it is (MONAI's
     kernel there is the identity)."""
     out = img
