@@ -173,6 +173,23 @@ def test_augmentation_keys_reach_the_training_transforms_and_keep_labels_valid(d
     assert set(torch.unique(torch.as_tensor(sample["label"])).tolist()) <= {0, 1}
 
 
+def test_a_non_square_spatial_size_trains_without_rot90(demo_data) -> None:
+    """``rot90_prob`` turns training images by 90 degrees only at a square ``spatial_size``: a turn of a
+    non-square one changes its shape, and a batch of mixed shapes cannot be stacked."""
+    common = {"dataset_dir": str(demo_data["ph2_melanoma"]), **SMALL, "cache_rate": 0.0, "batch_size": 4}
+
+    def rot90(**values) -> float:
+        wf = _workflow("ph2_melanoma", ["train.json"], "train", **{**common, **values})
+        transforms = {type(t).__name__: t for t in wf.parser.get_parsed_content("train#preprocessing").transforms}
+        return transforms["RandRotate90d"].prob, wf
+
+    assert rot90()[0] == 0.5 and rot90(rot90_prob=0.2)[0] == 0.2
+    prob, wf = rot90(spatial_size=[64, 48], rot90_prob=1.0)
+    assert prob == 0.0
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape[2:] == (64, 48) and batch["label"].shape[2:] == (64, 48)
+
+
 def test_bundles_are_in_sync_with_the_template() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True
