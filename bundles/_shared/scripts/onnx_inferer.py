@@ -381,6 +381,10 @@ class AutoBackend(Inferer):
 
         return run
 
+    def _serving(self) -> tuple[str, ...]:
+        """The runtimes whose export may serve now (each :meth:`OnnxInferer.refresh` re-checks it)."""
+        return tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
+
     def candidates(self, serving: Sequence[str]) -> dict[str, Callable[..., torch.Tensor]]:
         found = {"torch": self._torch(False)}
         if self.bf16:
@@ -390,7 +394,7 @@ class AutoBackend(Inferer):
 
     def measure(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> str:
         """Time every candidate on ``inputs`` and set :attr:`choice` (and :attr:`seconds`); returns the choice."""
-        serving = tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
+        serving = self._serving()
         found = self.candidates(serving)
         self._measured_for = serving
         if len(found) == 1:
@@ -416,7 +420,7 @@ class AutoBackend(Inferer):
             raise RuntimeError("backend auto needs the PyTorch network to measure against and to fall back on.")
         if samples_dropout(network):  # Monte-Carlo dropout: the network as the caller runs it
             return network(inputs, *args, **kwargs)
-        serving = tuple(name for name, inferer in self.runtimes.items() if inferer.refresh() is None)
+        serving = self._serving()
         if serving != self._measured_for:
             with self._lock:
                 if serving != self._measured_for:
