@@ -280,6 +280,8 @@ def _work_record(task: str, work: Path, train_seconds: float, summary: dict | No
         "epochs": len(history),
         "train_seconds": round(train_seconds, 1),
         "median_epoch_seconds": round(epoch_s[len(epoch_s) // 2], 2),
+        # what `amp` resolved to (on a CPU, `amp: true` measures bf16 against fp32); absent from older histories
+        "precision": history[-1].get("precision"),
         "best_val_iou_resized": max(h.get("val_mean_iou", 0) for h in history),
         **selection(history),
         "summary": summary,
@@ -573,6 +575,7 @@ def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | N
                 **settings,
                 "epochs": record["epochs"],
                 "train_min": round(record["train_seconds"] / 60, 1),
+                "precision": record["precision"],
                 **_row(record["summary"]),
                 "command": command,
                 "commit": record["commit"],
@@ -637,6 +640,11 @@ GOALS = {
 CARD_START, CARD_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def _trained_in(record: dict) -> str:
+    """ ", trained in bf16" and the like, from what ``amp`` resolved to in the run ("" where not recorded)."""
+    return f", trained in {record['precision']}" if record.get("precision") else ""
+
+
 def _card_section(task: str) -> str:
     """The generated "Results" block of a model card, from ``benchmarks/results``."""
     path = RESULTS / f"accuracy_{task}.json"
@@ -647,7 +655,7 @@ def _card_section(task: str) -> str:
     lines = [
         f"Measured on the development copy of `{r['dataset']}`, fold 0 ({r['val_cases']} validation cases, list in "
         f"`benchmarks/splits/{task}_fold0.txt`), true Dice and Jaccard per image at the original size and pooled over "
-        f"the split; {r['hardware']}, commit `{r['commit']}`.",
+        f"the split; {r['hardware']}{_trained_in(r)}, commit `{r['commit']}`.",
         "",
         "| epochs | training | s/epoch | Dice mean* | Dice median* | Dice worst* | Jaccard mean* | pooled Dice "
         "| pooled Jaccard | empty cases predicted empty |",

@@ -215,7 +215,10 @@ def _fake_sweep_point(
     run = run or work / "sweep" / "ph2_melanoma" / bench._slug(combo)
     (run / "models").mkdir(parents=True)
     (run / "eval").mkdir()
-    history = [{"epoch_seconds": 10.0, "val_mean_iou": 0.5 + e / 1000, "val_mean_dice": 0.6} for e in range(epochs)]
+    history = [
+        {"epoch_seconds": 10.0, "precision": "fp32", "val_mean_iou": 0.5 + e / 1000, "val_mean_dice": 0.6}
+        for e in range(epochs)
+    ]
     (run / "models" / "history.json").write_text(json.dumps(history))
     scores = {"n": 2, "mean": 0.9, "median": 0.9, "worst": 0.85}
     cls = {"dice_nonempty": scores, "jaccard_nonempty": scores, "pooled_dice": 0.91, "pooled_jaccard": 0.83}
@@ -270,6 +273,10 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(sweep_di
     assert record["epochs"] == default_epochs and record["train_seconds"] == 1200.0 and record["commit"] == "c"
     assert record["checkpoint_epoch"] == default_epochs and record["summary"]["classes"]["1"]["pooled_dice"] == 0.91
     assert (work / "ph2_melanoma" / "models" / "history.json").is_file()  # where `evaluate`/`postprocess` look
+    # what amp resolved to in training reaches the record and the model card
+    assert record["precision"] == "fp32" and "test cpu, trained in fp32, commit `c`" in bench._card_section(
+        "ph2_melanoma"
+    )
 
 
 def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs) -> None:

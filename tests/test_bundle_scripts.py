@@ -353,6 +353,7 @@ def test_trainer_measures_amp_on_the_first_batch_and_leaves_the_run_untouched(mo
     assert not probed._measure_amp and probed.amp_device in ("cpu", None)
     message = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("amp: a training step"))
     assert "s in fp32 and" in message and ("training in bf16" in message or "training in fp32" in message)
+    assert f"training in {probed.precision}" in message  # what the history and the benchmark records say
     # the same run with the chosen precision fixed from the start, no probe: identical weights and statistics
     chosen, net_b = make("bf16" if probed.amp_device == "cpu" else False)
     assert not chosen._measure_amp

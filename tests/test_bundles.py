@@ -51,6 +51,7 @@ def test_train_evaluate_infer(name: str, demo_data, tmp_path: Path) -> None:
     history = json.loads((ckpt / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     assert all(np.isfinite(h["loss"]) for h in history)
+    assert {h["precision"] for h in history} <= {"fp32", "bf16"}  # what amp resolved to on this CPU
 
     evaluate = _workflow(name, ["train.json", "evaluate.json"], "eval", **common)
     evaluate.initialize()

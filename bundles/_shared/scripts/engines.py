@@ -126,7 +126,21 @@ def _distributed() -> bool:
     return False
 
 
-class _AutocastMixin:
+#: the precision each resolved ``amp`` mode computes in (:func:`amp_mode`)
+PRECISIONS = {None: "fp32", "cpu": "bf16", "cuda": "fp16"}
+
+
+class AutocastMixin:
+    """The ``amp`` of :class:`Trainer`, :class:`Evaluator` and :class:`scripts.ensemble.EnsembleEvaluator`: fp16 AMP
+    on CUDA, and on a CPU bf16 autocast where it was measured faster on the first batch (``amp: true``) or forced
+    (``amp: "bf16"``). :attr:`precision` says which one runs."""
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"``, ``"bf16"`` or ``"fp16"``: what the engine computes in (after the first batch's measurement,
+        where ``amp: true`` on a CPU measures; before it, the precision it would use unmeasured)."""
+        return PRECISIONS[self.amp_device]
+
     def _setup_amp(self, amp: bool | str, device) -> bool:
         self.amp_device = amp_mode(amp, device)
         # amp True on a CPU with native bf16: measured on the first batch (_choose_amp); "bf16" forces it unmeasured
@@ -171,7 +185,7 @@ class _AutocastMixin:
             self.add_event_handler(IterationEvents.FORWARD_COMPLETED, cast)
 
 
-class Trainer(_AutocastMixin, SupervisedTrainer):
+class Trainer(AutocastMixin, SupervisedTrainer):
     """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and, on a CPU with native bf16, bf16 autocast
     where it measured faster than fp32 for this network on the first training batch (``amp: "bf16"`` forces it)."""
 
@@ -192,7 +206,7 @@ class Trainer(_AutocastMixin, SupervisedTrainer):
         return step, "a training step of this network", "training"
 
 
-class Evaluator(_AutocastMixin, SupervisedEvaluator):
+class Evaluator(AutocastMixin, SupervisedEvaluator):
     """``SupervisedEvaluator`` with the same ``amp`` semantics as :class:`Trainer`: on a CPU with native bf16,
     ``amp: true`` keeps bf16 only where the evaluator's own inferer (TTA views, ONNX base, whatever it is) ran
     measurably faster with it on the first batch, in eval mode and without gradients. An inferer whose base owns

@@ -26,7 +26,7 @@ from monai.transforms.post.array import MeanEnsemble, VoteEnsemble
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from .engines import _AutocastMixin
+from .engines import AutocastMixin
 from .handlers import atomic_write_json
 from .networks import MeanEnsembleNet, build_network
 
@@ -266,7 +266,7 @@ def metric_handlers(keys: Sequence[str]) -> dict[str, MeanDice | MeanIoUHandler]
     return handlers
 
 
-class EnsembleEvaluator(_AutocastMixin, _MonaiEnsembleEvaluator):
+class EnsembleEvaluator(AutocastMixin, _MonaiEnsembleEvaluator):
     """MONAI's ``EnsembleEvaluator`` with the bundles' ``amp``: fp16 AMP on CUDA; on a CPU with native bf16, bf16
     autocast only where the members' forward passes (the evaluator's inferer, eval mode, no gradients) ran
     measurably faster with it on the first batch, as :class:`scripts.engines.Evaluator` decides (``amp: "bf16"``

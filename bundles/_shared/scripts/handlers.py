@@ -131,7 +131,9 @@ class WeightAverager:
 
 
 class HistoryWriter:
-    """Record per-epoch training loss, learning rate, epoch time and validation metrics to a JSON file.
+    """Record per-epoch training loss, learning rate, epoch time, the precision the trainer computed in
+    (:attr:`scripts.engines.AutocastMixin.precision`, what ``amp: true`` resolved to) and validation metrics to a
+    JSON file.
 
     ``evaluate`` draws the loss and metric curves from it. Attach to the trainer.
 
@@ -164,6 +166,8 @@ class HistoryWriter:
     def _epoch(self, engine: Engine) -> None:
         row = {"epoch": engine.state.epoch, "loss": self._loss_sum / max(1, self._n)}
         row["epoch_seconds"] = time.perf_counter() - self._t0
+        if isinstance(getattr(engine, "precision", None), str):  # the bundles' Trainer: fp32, bf16 or fp16
+            row["precision"] = engine.precision
         if self.optimizer is not None:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.evaluator is not None and self.evaluator.state.epoch:
