@@ -1,4 +1,4 @@
-"""Load test of the label app's ``/infer``: N requests from C concurrent clients, on the loopback interface only.
+"""Load test of the label app's ``/infer`` (or its epistemic ``/scoring``): N requests from C concurrent clients, on the loopback interface only.
 
 Every request is what 3D Slicer sends (``result_extension=".nrrd"``, ``result_dtype="uint8"``). Each one must be
 answered with a label file or refused with a busy status (503 from ``--limit_concurrency``, or 429); anything else
@@ -15,6 +15,9 @@ Examples::
 
     # start a server on a study folder for the run, and stop it afterwards
     python scripts/labelapp_load.py --studies data/studies/ph2 --model ph2_melanoma --requests 80 --concurrency 4
+
+    # epistemic scoring of the study folder's unlabelled images, end to end, in the server and in the background
+    python scripts/labelapp_load.py --studies data/studies/ph2 --model ph2_melanoma --scoring True
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlparse
 
 import fire
@@ -150,6 +154,60 @@ def run_load(
     return outcomes, memory
 
 
+def score_three_ways(url: str, model: str, simulation_size: int, timeout: float) -> dict[str, Any]:
+    """Time ``/scoring/epistemic_<model>`` (MC dropout, ``simulation_size`` passes per image) three times.
+
+    1. ``run_sync=true`` (in the server's process): scores every unlabelled image.
+    2. The same again: every image is scored with the current weights already, so it is skipped; what is left is
+       the pass over the datastore. (1 - 2) over the images scored is the time per image.
+    3. In the background, as 3D Slicer's button and MONAI Label's automatic scoring run it: MONAI Label starts the
+       app again in a new process, which skips every image too; the time until the task is done is that start.
+    """
+    process = server_process(url)
+    before = _rss_mb(process)
+    method = f"{url}/scoring/epistemic_{quote(model)}"
+    calls = []
+    for _ in range(2):
+        start = time.perf_counter()
+        response = requests.post(f"{method}?run_sync=true", json={"simulation_size": simulation_size}, timeout=timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"/scoring answered {response.status_code}: {response.text[:300]}")
+        calls.append((time.perf_counter() - start, response.json()))
+    (first, result), (second, again) = calls
+    executed = int(result.get("executed", 0))
+    if not executed:
+        raise RuntimeError(
+            f"/scoring scored no image ({result}): the model needs trained weights and unlabelled images not yet "
+            "scored with them (a copy of the study folder without its datastore file, datastore_v2.json, scores "
+            "every image afresh)"
+        )
+    start = time.perf_counter()
+    task = requests.post(method, json={"simulation_size": simulation_size}, timeout=timeout).json()
+    while True:
+        status = requests.get(f"{url}/scoring/", timeout=timeout).json()
+        if status.get("id") == task.get("id") and status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"background scoring not done after {timeout:.0f} s: {status}")
+        time.sleep(0.1)
+    background = time.perf_counter() - start
+    summary = {
+        "simulation_size": simulation_size,
+        "images_scored": executed,
+        "first_call_s": round(first, 2),
+        "monai_label_latency_s": result.get("latency"),
+        "second_call_s": round(second, 2),
+        "second_call_skipped": int(again.get("skipped", 0)),
+        "per_image_ms": round(1000 * (first - second) / executed, 1),
+        "background_call_s": round(background, 2),
+        "background_status": status.get("status"),
+        "rss_before_mb": round(before, 1),
+        "rss_after_mb": round(_rss_mb(process), 1),
+    }
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def report(outcomes: list[Outcome], memory: dict[str, float], concurrency: int) -> dict[str, float]:
     """Print and return the summary."""
     answered = [o.seconds * 1000 for o in outcomes if o.status == 200 and not o.error]
@@ -189,8 +247,11 @@ def main(
     limit_concurrency: int = 0,
     infer_workers: int = -1,
     log: str = "",
+    scoring: bool = False,
+    simulation_size: int = 5,
 ) -> None:
     """Load-test ``/infer`` of ``model`` on a server at ``url``, or on one started on ``studies`` for the run.
+    With ``--scoring True``, time ``/scoring/epistemic_<model>`` end to end instead (:func:`score_three_ways`).
 
     Args:
         model: the served model to call.
@@ -208,6 +269,8 @@ def main(
         infer_workers: for a started server, ``--conf infer_workers`` (parallel inferences; 0: MONAI Label's
             own one-at-a-time route); -1 = the app default.
         log: server log file for a started server.
+        scoring: time epistemic scoring of the datastore's unlabelled images instead of ``/infer``.
+        simulation_size: MC-dropout passes per image when scoring (the app's default is 5).
     """
     if not 0 < requests <= MAX_REQUESTS or not 0 < concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"requests must be 1..{MAX_REQUESTS} and concurrency 1..{MAX_CONCURRENCY}")
@@ -224,6 +287,13 @@ def main(
         env = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
         server = LocalServer(studies, conf, log=log or None, env=env, extra_args=extra)
         url = server.start()
+    if scoring:
+        try:
+            score_three_ways(url, model, simulation_size, max(timeout, duration_limit))
+        finally:
+            if server:
+                server.stop()
+        return
     try:
         run_load(url, model, warmup, 1, duration_limit, timeout)
         outcomes, memory = run_load(url, model, requests, concurrency, duration_limit, timeout)

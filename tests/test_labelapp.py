@@ -448,6 +448,11 @@ def test_epistemic_scoring_scores_unlabelled_images(server: dict, client, traine
     # MC dropout samples differ (an exported model, served by backend auto, has no dropout: every entropy 0 there)
     assert any(s > 0 for s in scores), scores
     assert client.next_sample("epistemic", {})["id"] in unlabelled
+    # scored with these weights already: a second call skips every image (MONAI Label's own check never did)
+    again = requests.post(f"{server['url']}/scoring/{method}?run_sync=true", json={"simulation_size": 3})
+    assert again.status_code == 200, again.text
+    assert again.json()["executed"] == 0 and again.json()["skipped"] == again.json()["total"] == len(unlabelled)
+    assert client.datastore()["objects"][unlabelled[0]]["image"]["info"][f"epistemic_entropy_{BUNDLE}"] == scores[0]
 
 
 def test_upload_keeps_rgb_images_byte_for_byte(server: dict, study: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from monai.transforms import AsDiscreted, Invertd, SaveImaged
@@ -27,7 +28,8 @@ class LesionEpistemicScoring(EpistemicScoring):
 
     The scoring network is the bundle's, built with ``dropout`` and run in eval mode with only its dropout layers
     active; the entropy is computed on softmax probabilities at the network's input size (no ``Invertd``/argmax).
-    Images already scored with the current weights are skipped (MONAI Label's ``epistemic_ts``).
+    Images already scored with the current weights (the ``model.pt`` modification time, stored per model as
+    ``epistemic_ts_<model>``) are skipped.
 
     Args:
         bundle_path: the bundle folder.
@@ -78,9 +80,18 @@ class LesionEpistemicScoring(EpistemicScoring):
         if self.infer_task.get_path() is None:
             logger.info(f"EPISTEMIC:: '{self.model}' has no trained weights yet; nothing scored")
             return {"total": len(datastore.get_unlabeled_images()), "skipped": 0, "executed": 0, "trained": False}
+        # MONAI Label 0.8.5 writes each image's score time under `key_output_ts` but skips by the fixed key
+        # "epistemic_ts", so with one key per model nothing was ever skipped: every /scoring, and the automatic one
+        # after each training, scored every unlabelled image again. Images scored with these weights are left out
+        # here, and counted as skipped.
+        model_file = self.infer_task.get_path()
+        model_ts = int(os.stat(model_file).st_mtime) if model_file and os.path.exists(model_file) else 1
+        unlabelled = datastore.get_unlabeled_images()
+        done = {i for i in unlabelled if datastore.get_image_info(i).get(self.key_output_ts) == model_ts}
         # The bundle infer task swaps `scripts` modules on sys.path: one image at a time, not in a thread pool.
         request = {**request, "max_workers": 1}
-        return super().__call__(request, datastore)
+        summary = super().__call__(request, _Unlabelled(datastore, [i for i in unlabelled if i not in done]))
+        return {**summary, "total": len(unlabelled), "skipped": summary.get("skipped", 0) + len(done)}
 
     def run_scoring(self, image_id: str, simulation_size: int, model_ts: int, datastore: Datastore) -> None:
         """Score one image, skipping it (logged) if it cannot be read, so one bad file does not stop the rest."""
@@ -88,6 +99,19 @@ class LesionEpistemicScoring(EpistemicScoring):
             super().run_scoring(image_id, simulation_size, model_ts, datastore)
         except (OSError, RuntimeError, ValueError) as e:
             logger.warning(f"EPISTEMIC:: {image_id} not scored: {e}")
+
+
+class _Unlabelled:
+    """``datastore`` whose unlabelled images are ``images`` (the rest of the datastore as it is)."""
+
+    def __init__(self, datastore: Datastore, images: list[str]) -> None:
+        self._datastore, self._images = datastore, images
+
+    def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
+        return list(self._images)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._datastore, name)
 
 
 def epistemic_strategy(model: str) -> Epistemic:
