@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,6 +282,58 @@ def test_infer_pool_runs_workers_queues_the_next_and_refuses_the_rest() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Server
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class _StubInferTask:
+    """The parts of ``LesionInferTask`` that scoring calls: a random two-class softmax per pass, calls counted."""
+
+    threads, _config, output_label_key = 0, {"device": "cpu"}, "pred"
+
+    def __init__(self) -> None:
+        self.pre_calls, self.passes = 0, 0
+
+    def pre_transforms(self, data: dict) -> list:
+        return []
+
+    def post_transforms(self, data: dict) -> list:
+        return []
+
+    def run_pre_transforms(self, data: dict, transforms: list) -> dict:
+        self.pre_calls += 1
+        return {**data, "image": torch.zeros(3, 8, 8)}
+
+    def run_inferer(self, data: dict, device: str) -> dict:
+        self.passes += 1
+        return {**data, "pred": torch.softmax(torch.randn(2, 8, 8), 0)}
+
+    def run_post_transforms(self, data: dict, transforms: list) -> dict:
+        return data
+
+
+class _StubDatastore:
+    def __init__(self) -> None:
+        self.info: dict[str, dict] = {}
+
+    def get_image_uri(self, image_id: str) -> str:
+        return f"/studies/{image_id}.png"
+
+    def update_image_info(self, image_id: str, info: dict) -> None:
+        self.info.setdefault(image_id, {}).update(info)
+
+
+def test_epistemic_scoring_reads_each_image_once_and_samples_every_pass() -> None:
+    from labelapp.lib.scoring import LesionEpistemicScoring
+
+    scoring = object.__new__(LesionEpistemicScoring)  # no bundle needed: the infer task is a stub
+    scoring.infer_task, scoring.dimension, scoring.model = _StubInferTask(), 2, BUNDLE
+    scoring.key_output_entropy, scoring.key_output_ts = f"epistemic_entropy_{BUNDLE}", f"epistemic_ts_{BUNDLE}"
+    datastore = _StubDatastore()
+    scoring.run_scoring("img", simulation_size=4, model_ts=123, datastore=datastore)
+    assert (scoring.infer_task.pre_calls, scoring.infer_task.passes) == (1, 4)
+    info = datastore.info["img"]
+    assert info[f"epistemic_ts_{BUNDLE}"] == 123
+    # mean entropy of the mean of 4 random two-class softmaxes: above 0, at most ln 2
+    assert 0 < info[f"epistemic_entropy_{BUNDLE}"] <= np.log(2) + 1e-6
 
 
 def test_info_lists_models_with_labels(client) -> None:
