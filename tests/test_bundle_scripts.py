@@ -533,3 +533,20 @@ def test_auto_backend_leaves_out_a_runtime_that_fails_and_keeps_serving(caplog) 
     assert sorted(auto.seconds) == ["fast", "torch"] and broken.calls == 1
     auto(batch, network)
     assert broken.calls == 1  # not measured again while the exports stay the same
+
+
+def test_members_and_merged_ensembles_take_the_bundles_network_kwargs(tmp_path: Path) -> None:
+    """A member trained with ``network_kwargs`` loads (strictly) and merges only when given the same keys."""
+    from scripts.ensemble import load_members, merge_members
+    from scripts.networks import MeanEnsembleNet, build_network
+
+    six = {"channels": [16, 32, 64, 128, 256, 512], "strides": [2, 2, 2, 2, 2]}
+    torch.save(build_network("unet", 1, 2, network_kwargs=six).state_dict(), tmp_path / "model.pt")
+    member = [{"name": "a", "network": "unet", "checkpoint": str(tmp_path / "model.pt")}]
+    (loaded,) = load_members(member, 1, 2, network_kwargs=six)
+    assert loaded.channels[-1] == 512
+    with pytest.raises(RuntimeError, match="does not fit"):
+        load_members(member, 1, 2)
+    merged = torch.load(merge_members(member, 1, 2, tmp_path / "merged", network_kwargs=six), weights_only=True)
+    ensemble = build_network("unet", 1, 2, ensemble_size=1, network_kwargs=six)
+    MeanEnsembleNet([ensemble]).load_state_dict(merged)

@@ -475,3 +475,16 @@ def test_plain_checkpoint_loads_into_a_presence_network_and_back(tmp_path):
     torch.save(gated.state_dict(), tmp_path / "gated.pt")
     again = build_network("unet", 1, 2, **SMALL["unet"])
     assert load_weights(again, str(tmp_path / "gated.pt")) == []
+
+
+def test_network_kwargs_change_the_architecture_and_unknown_ones_say_which_key():
+    """``network_kwargs`` (the bundles' key) reaches the entry's constructor: a six-level ``unet`` has a 512-channel
+    bottleneck and still maps the input to logits of its size; a parameter the entry lacks is named in the error."""
+    six = {"channels": [16, 32, 64, 128, 256, 512], "strides": [2, 2, 2, 2, 2]}
+    net = build_network("unet", 3, 2, network_kwargs=six).eval()
+    plain = build_network("unet", 3, 2).eval()
+    assert tuple(net.channels) == (16, 32, 64, 128, 256, 512) and tuple(plain.channels) == (16, 32, 64, 128, 256)
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match="network_kwargs"):
+        build_network("segnet", 3, 2, network_kwargs={"strides": [2, 2]})

@@ -12,6 +12,7 @@ import logging
 import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -119,6 +120,7 @@ def load_members(
     dropout: float = 0.0,
     device: torch.device | str = "cpu",
     presence_threshold: float = 0.5,
+    network_kwargs: Mapping[str, Any] | None = None,
 ) -> list[nn.Module]:
     """Build each member with ``scripts.networks.build_network`` and load its checkpoint (strictly).
 
@@ -131,6 +133,7 @@ def load_members(
         dropout: the bundle's ``dropout`` (inactive in eval mode; it only has to match the architecture).
         device: where the networks run.
         presence_threshold: the bundle's ``presence_threshold``, for members with a presence head.
+        network_kwargs: the bundle's ``network_kwargs`` (the members' architecture parameters).
 
     Returns:
         The networks in eval mode, in the order of ``members``.
@@ -148,6 +151,7 @@ def load_members(
             dropout=dropout,
             presence_head=presence,
             presence_threshold=presence_threshold,
+            network_kwargs=network_kwargs,
         )
         try:
             net.load_state_dict(state)
@@ -166,6 +170,7 @@ def merge_members(
     num_classes: int,
     out_dir: str | Path,
     dropout: float = 0.0,
+    network_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the members as one :class:`~scripts.networks.MeanEnsembleNet` checkpoint, ``<out_dir>/model.pt``.
 
@@ -180,6 +185,7 @@ def merge_members(
         num_classes: the bundle's ``num_classes``.
         out_dir: folder of the merged checkpoint (created).
         dropout: the bundle's ``dropout``.
+        network_kwargs: the bundle's ``network_kwargs``.
 
     Returns:
         The checkpoint path.
@@ -193,7 +199,7 @@ def merge_members(
             f"merge_members needs members of one architecture (got {', '.join(networks)}); use "
             "configs/ensemble_inference.json for an ensemble of architectures."
         )
-    merged = MeanEnsembleNet(load_members(members, in_channels, num_classes, dropout))
+    merged = MeanEnsembleNet(load_members(members, in_channels, num_classes, dropout, network_kwargs=network_kwargs))
     out = Path(str(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     torch.save(merged.state_dict(), out / "model.pt")  # flat, as the training CheckpointSaver writes one object

@@ -39,7 +39,7 @@ every convolution; ``SegResNet``: once, after the first convolution; ``FlexibleU
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import pairwise
 from typing import Any
@@ -845,6 +845,7 @@ def build_network(
     ensemble_size: int = 1,
     presence_head: bool = False,
     presence_threshold: float = 0.5,
+    network_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered segmentation network.
@@ -861,7 +862,10 @@ def build_network(
         presence_head: wrap each network in a :class:`PresenceGatedNet` (an image-level "structure present" head
             that empties the masks of images it calls empty; for sets with many empty images).
         presence_threshold: the head's probability under which a mask is emptied.
-        kwargs: overrides of the entry's parameters (``channels``, ``features``, ``backbone``, ...).
+        network_kwargs: overrides of the entry's parameters (``channels``, ``strides``, ``num_res_units``,
+            ``features``, ``backbone``, ...): the bundles' ``network_kwargs`` key, e.g. ``{"channels": [16, 32, 64,
+            128, 256, 512], "strides": [2, 2, 2, 2, 2]}`` for a six-level ``unet``.
+        kwargs: more such overrides, given one by one.
 
     Returns:
         The network; its forward maps ``(B, in_channels, H, W)`` to logits ``(B, out_channels, H, W)``.
@@ -872,6 +876,7 @@ def build_network(
     """
     if name not in NETWORKS:
         raise ValueError(f"Unknown network {name!r}; valid names: {', '.join(NETWORKS)}.")
+    kwargs = {**dict(network_kwargs or {}), **kwargs}
     if kwargs.get("pretrained"):
         raise ValueError("pretrained=True is not supported (nothing is downloaded); load a local checkpoint instead.")
     if int(ensemble_size) < 1:
@@ -881,9 +886,15 @@ def build_network(
         raise ValueError(f"presence_head needs a background channel: out_channels (num_classes) is {out_channels}.")
 
     def one() -> nn.Module:
-        net = NETWORKS[name](
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout=dropout, **kwargs
-        )
+        try:
+            net = NETWORKS[name](
+                spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, dropout=dropout, **kwargs
+            )
+        except TypeError as err:  # a key the entry does not take: say which keys to fix
+            raise ValueError(
+                f"network {name!r} does not take the parameters {sorted(kwargs)} (network_kwargs): {err}. "
+                "Use the parameter names of the entry's constructor (see scripts/networks.py)."
+            ) from err
         if not presence_head:
             return net
         head = PresenceClassifier(spatial_dims, in_channels, dropout=dropout)
