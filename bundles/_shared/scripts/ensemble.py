@@ -12,8 +12,8 @@ import logging
 import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
