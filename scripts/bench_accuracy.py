@@ -5,6 +5,7 @@ Usage::
 
     python scripts/bench_accuracy.py run --tasks ph2_melanoma,ipmn_histology --minutes 10 [--max_epochs 60]
     python scripts/bench_accuracy.py run --tasks all --minutes 10 --overrides "--network segnet"
+    python scripts/bench_accuracy.py cases ph2_melanoma --runs sweep/ph2_melanoma/seed-0_240ep,sweep/... --name seeds
 
 Each task trains its bundle's default recipe on fold 0 of the prepared set (``data/prepared/<set>``, made by
 ``scripts/convert.py`` from ``../shared/data``), evaluates on fold 0 at each image's original size, and checks
@@ -784,7 +785,7 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
     (``ensemble_<task>_<name>`` for a ``name`` other than ``seeds``, so ensembles of other members sit beside it).
     """
     names = [str(m) for m in (members.split(",") if isinstance(members, str) else members)]  # fire gives a tuple
-    runs = [Path(m) if Path(m).is_absolute() else WORK / m for m in names]
+    runs = _run_dirs(names)
     missing = [str(r / "models" / "model.pt") for r in runs if not (r / "models" / "model.pt").is_file()]
     if len(runs) < 2 or missing:
         raise SystemExit(f"need two or more trained runs; missing: {', '.join(missing) or '(fewer than two given)'}.")
@@ -820,6 +821,84 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
         "command": command,
     }
     _save(f"ensemble_{task}" + ("" if name == "seeds" else f"_{name}"), payload, markdown)
+    print(markdown)
+
+
+def _run_dirs(names: list[str]) -> list[Path]:
+    """Run folders given relative to ``benchmarks/work`` (``sweep/ph2_melanoma/seed-1_240ep``) or absolute."""
+    return [Path(m) if Path(m).is_absolute() else WORK / m for m in names]
+
+
+def per_case_dice(eval_dir: Path, label: int = 1) -> dict[str, float]:
+    """Case id -> true Dice of class ``label`` from an evaluation's ``per_image.csv`` (cases with a non-empty truth)."""
+    import csv
+
+    with open(eval_dir / "per_image.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["class"]) == label and r["truth_empty"] != "True"]
+    return {Path(r["image"]).name.split(".")[0]: float(r["dice"]) for r in rows}
+
+
+def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> None:
+    """Per-case Dice of several evaluated runs of ``task`` side by side: which cases make their means differ.
+
+    ``runs``: comma list of run folders (each with ``eval/per_image.csv``, as ``sweep`` and ``run`` leave them),
+    relative to ``benchmarks/work`` or absolute. Prints the ``worst`` cases (lowest Dice in any run) with each run's
+    Dice, then per run its mean, its mean without its own worst case, and the mean without the one case whose Dice
+    varies most across the runs. On a small fold one case can move a mean by more than a recipe change; this says
+    whether it did. Writes ``benchmarks/results/cases_<task>_<name>.{json,md}``.
+    """
+    names = [str(m) for m in (runs.split(",") if isinstance(runs, str) else runs)]  # fire gives a tuple
+    dirs = _run_dirs(names)
+    missing = [str(d / "eval" / "per_image.csv") for d in dirs if not (d / "eval" / "per_image.csv").is_file()]
+    if len(dirs) < 2 or missing:
+        raise SystemExit(f"need two or more evaluated runs; missing: {', '.join(missing) or '(fewer than two given)'}.")
+    dice = [per_case_dice(d / "eval") for d in dirs]
+    common = sorted(set.intersection(*(set(d) for d in dice)))
+    if any(len(d) != len(common) for d in dice):
+        raise SystemExit("the runs were evaluated on different cases: evaluate them on the same fold.")
+    spread = {c: max(d[c] for d in dice) - min(d[c] for d in dice) for c in common}
+    swing = max(common, key=spread.get)
+    low = sorted(common, key=lambda c: min(d[c] for d in dice))[:worst]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    summary = [
+        {
+            "run": n,
+            "dice_mean": round(mean([d[c] for c in common]), 4),
+            "without_own_worst": round(mean(sorted(d[c] for c in common)[1:]), 4),
+            f"without_{swing}": round(mean([d[c] for c in common if c != swing]), 4),
+        }
+        for n, d in zip(names, dice, strict=True)
+    ]
+    header = "| case | " + " | ".join(f"run {i + 1}" for i in range(len(names))) + " | spread |"
+    lines = [header, "|" + "---|" * (len(names) + 2)]
+    lines += [f"| {c} | " + " | ".join(f"{d[c]:.3f}" for d in dice) + f" | {spread[c]:.3f} |" for c in low]
+    cols = list(summary[0])
+    table_md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table_md += ["| " + " | ".join(str(r[k]) for k in cols) + " |" for r in summary]
+    command = f"python scripts/bench_accuracy.py cases {task} --runs {','.join(names)} --name {name}"
+    markdown = (
+        f"## {task}: per-case Dice of {len(names)} runs (fold 0, {len(common)} cases with a structure)\n\n"
+        + "Runs: "
+        + ", ".join(f"{i + 1} = `{n}`" for i, n in enumerate(names))
+        + f"\n\nThe {len(low)} lowest cases:\n\n"
+        + "\n".join(lines)
+        + f"\n\nMeans ({swing}: the case whose Dice varies most across the runs):\n\n"
+        + "\n".join(table_md)
+        + f"\n\nCommand: `{command}`."
+    )
+    payload = {
+        "task": task,
+        "runs": names,
+        "dice": {c: [round(d[c], 4) for d in dice] for c in common},
+        "summary": summary,
+        "swing_case": swing,
+        "commit": _commit(),
+        "command": command,
+    }
+    _save(f"cases_{task}_{name}", payload, markdown)
     print(markdown)
 
 
@@ -948,6 +1027,7 @@ if __name__ == "__main__":
             "postprocess": postprocess,
             "sweep": sweep,
             "ensemble": ensemble,
+            "cases": cases,
             "promote": promote,
             "cards": cards,
         }

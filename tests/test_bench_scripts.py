@@ -532,3 +532,27 @@ def test_an_inference_table_keeps_each_network_and_tta_setting_of_a_bundle_apart
     ]
     assert "90 (0.75x)" in lines[2] and "60 (0.86x)" in lines[3]
     assert inference._group(older) == "brain_tumor (2 x unet)"
+
+
+def test_per_case_comparison_finds_the_case_that_moves_the_means(tmp_path: Path, monkeypatch) -> None:
+    """``cases`` reads each run's ``eval/per_image.csv`` (truth-empty rows and other classes left out) and names
+    the case whose Dice varies most; the means without it are those of the remaining cases."""
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    per_run = {"a": {"IMD1": 0.95, "IMD2": 0.90, "IMD3": 0.98}, "b": {"IMD1": 0.96, "IMD2": 0.40, "IMD3": 0.97}}
+    for run, dice in per_run.items():
+        (tmp_path / "work" / run / "eval").mkdir(parents=True)
+        lines = ["image,class,dice,jaccard,truth_empty,pred_empty", "/d/imagesTr/EMPTY.png,1,0.0,0.0,True,False"]
+        lines += [f"/d/imagesTr/{c}.png,1,{v},{v / (2 - v)},False,False" for c, v in dice.items()]
+        lines += [f"/d/imagesTr/{c}.png,2,0.1,0.05,False,False" for c in dice]
+        (tmp_path / "work" / run / "eval" / "per_image.csv").write_text("\n".join(lines) + "\n")
+    bench.cases("ph2_melanoma", "a,b", worst=2, name="t")
+    record = json.loads((tmp_path / "results" / "cases_ph2_melanoma_t.json").read_text())
+    assert record["swing_case"] == "IMD2" and sorted(record["dice"]) == ["IMD1", "IMD2", "IMD3"]
+    a, b = record["summary"]
+    assert a["dice_mean"] == round((0.95 + 0.90 + 0.98) / 3, 4) and b["without_IMD2"] == round((0.96 + 0.97) / 2, 4)
+    assert b["without_own_worst"] == b["without_IMD2"]
+    markdown = (tmp_path / "results" / "cases_ph2_melanoma_t.md").read_text()
+    assert "| IMD2 | 0.900 | 0.400 | 0.500 |" in markdown and "EMPTY" not in markdown
+    with pytest.raises(SystemExit, match="two or more"):
+        bench.cases("ph2_melanoma", "a")
