@@ -16,6 +16,7 @@ Results go to ``benchmarks/results/accuracy_<task>.json`` with the hardware, wal
 from __future__ import annotations
 
 import ast
+import csv
 import hashlib
 import itertools
 import json
@@ -831,8 +832,6 @@ def _run_dirs(names: list[str]) -> list[Path]:
 
 def per_case_dice(eval_dir: Path, label: int = 1) -> dict[str, float]:
     """Case id -> true Dice of class ``label`` from an evaluation's ``per_image.csv`` (cases with a non-empty truth)."""
-    import csv
-
     with open(eval_dir / "per_image.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["class"]) == label and r["truth_empty"] != "True"]
     return {Path(r["image"]).name.split(".")[0]: float(r["dice"]) for r in rows}
