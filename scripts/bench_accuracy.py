@@ -843,7 +843,7 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
     ``runs``: comma list of run folders (each with ``eval/per_image.csv``, as ``sweep`` and ``run`` leave them),
     relative to ``benchmarks/work`` or absolute. Prints the ``worst`` cases (lowest Dice in any run) with each run's
     Dice, then per run its mean, its mean without its own worst case, and the mean without the one case whose Dice
-    varies most across the runs. On a small fold one case can move a mean by more than a recipe change; this says
+    varies most across the runs; last, the mean of each case's best run (an upper bound for picking among them). On a small fold one case can move a mean by more than a recipe change; this says
     whether it did. Writes ``benchmarks/results/cases_<task>_<name>.{json,md}``.
     """
     names = [str(m) for m in (runs.split(",") if isinstance(runs, str) else runs)]  # fire gives a tuple
@@ -874,6 +874,7 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
     header = "| case | " + " | ".join(f"run {i + 1}" for i in range(len(names))) + " | spread |"
     lines = [header, "|" + "---|" * (len(names) + 2)]
     lines += [f"| {c} | " + " | ".join(f"{d[c]:.3f}" for d in dice) + f" | {spread[c]:.3f} |" for c in low]
+    best_of_runs = round(mean([max(d[c] for d in dice) for c in common]), 4)  # an oracle: each case's best run
     cols = list(summary[0])
     table_md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table_md += ["| " + " | ".join(str(r[k]) for k in cols) + " |" for r in summary]
@@ -886,6 +887,7 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
         + "\n".join(lines)
         + f"\n\nMeans ({swing}: the case whose Dice varies most across the runs):\n\n"
         + "\n".join(table_md)
+        + f"\n\nBest run of every case (an oracle no single run is): mean Dice {best_of_runs}."
         + f"\n\nCommand: `{command}`."
     )
     payload = {
@@ -894,6 +896,7 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
         "dice": {c: [round(d[c], 4) for d in dice] for c in common},
         "summary": summary,
         "swing_case": swing,
+        "best_of_runs": best_of_runs,
         "commit": _commit(),
         "command": command,
     }

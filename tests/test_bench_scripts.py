@@ -552,6 +552,7 @@ def test_per_case_comparison_finds_the_case_that_moves_the_means(tmp_path: Path,
     a, b = record["summary"]
     assert a["dice_mean"] == round((0.95 + 0.90 + 0.98) / 3, 4) and b["without_IMD2"] == round((0.96 + 0.97) / 2, 4)
     assert b["without_own_worst"] == b["without_IMD2"]
+    assert record["best_of_runs"] == round((0.96 + 0.90 + 0.98) / 3, 4)
     markdown = (tmp_path / "results" / "cases_ph2_melanoma_t.md").read_text()
     assert "| IMD2 | 0.900 | 0.400 | 0.500 |" in markdown and "EMPTY" not in markdown
     with pytest.raises(SystemExit, match="two or more"):
