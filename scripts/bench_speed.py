@@ -9,7 +9,8 @@ Both sides train the same network (the bundle's ``network_def``), loss, optimize
 (fold 0 of ``data/prepared/<set>``) for the same number of epochs; only the pipeline differs:
 
 * **baseline** (the seeds' way): a plain ``torch.utils.data.Dataset`` that re-reads every PNG and re-runs every
-  transform each epoch, a ``DataLoader`` with the same ``num_workers``, and an fp32 eager loop
+  transform each epoch, a ``DataLoader`` with the same ``num_workers`` (the bundles' value on this device: 0 on a
+  CPU, where worker processes only compete with the training step for the cores), and an fp32 eager loop
   (``zero_grad / forward / loss / backward / step``).
 * **bundle**: ``python -m monai.bundle run training`` as shipped (``CacheDataset`` of the deterministic transforms,
   the MONAI engine), once per ``--amp`` value: ``False`` (fp32, the default recipe) and ``True`` (bf16 autocast

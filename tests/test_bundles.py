@@ -414,3 +414,59 @@ def test_ema_decay_trains_and_saves_the_averaged_weights(demo_data, tmp_path: Pa
     assert plain.keys() == again.keys() == averaged.keys()
     assert all(torch.equal(plain[k], again[k]) for k in plain)
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
+
+
+def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(demo_data, tmp_path: Path) -> None:
+    """The trainer turns MONAI's metadata tracking off while it runs (the augmentation then skips ``MetaTensor``
+    bookkeeping) and back on afterwards; the weights it trains are the same as with tracking on."""
+    from bundle_utils import train
+    from monai.data import MetaTensor, get_track_meta
+    from monai.engines import SupervisedTrainer
+
+    seen: list[tuple[bool, bool]] = []
+    original = SupervisedTrainer._iteration
+
+    def spy(self, engine, batchdata):
+        seen.append((get_track_meta(), isinstance(batchdata["image"], MetaTensor)))
+        return original(self, engine, batchdata)
+
+    def trained(folder: str, **keys) -> dict:
+        ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, amp=False, **keys)
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+    SupervisedTrainer._iteration = spy
+    try:
+        plain = trained("plain")
+        assert seen and all(not tracking and not meta for tracking, meta in seen), seen
+        assert get_track_meta(), "tracking must be back on after training"
+        seen.clear()
+        tracked = trained("tracked", **{"train#trainer#track_meta": True})
+        assert seen and all(tracking for tracking, _ in seen)
+    finally:
+        SupervisedTrainer._iteration = original
+    assert plain.keys() == tracked.keys() and all(torch.equal(plain[k], tracked[k]) for k in plain)
+
+
+def test_augmentation_never_changes_the_cached_items(demo_data) -> None:
+    """On a CPU the training loader has no worker processes (``num_workers`` resolves to 0), so the random
+    transforms run on the ``CacheDataset``'s own items (``copy_cache: false``): none may change them in place,
+    with every augmentation on and metadata tracking off as during training."""
+    from monai.data import set_track_meta
+
+    keys = {"colour_aug": 0.3, "elastic_prob": 1.0, "augment_prob": 1.0, "rot90_prob": 1.0, "cache_rate": 1.0}
+    small = {k: v for k, v in SMALL.items() if k != "num_workers"}  # the config's own value
+    wf = _workflow("ph2_melanoma", ["train.json"], "train", dataset_dir=str(demo_data["ph2_melanoma"]), **small)
+    wf.parser.update({"device": "$torch.device('cpu')", **keys})
+    assert wf.parser.get_parsed_content("num_workers") == 0
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    before = [{k: torch.as_tensor(v).clone() for k, v in item.items() if k in ("image", "label")} for item in dataset._cache]
+    set_track_meta(False)
+    try:
+        for _ in range(3):
+            for i in range(len(dataset)):
+                sample = dataset[i]
+                assert sample["image"].shape == (3, 64, 64)
+    finally:
+        set_track_meta(True)
+    after = dataset._cache
+    assert all(torch.equal(torch.as_tensor(a[k]), b[k]) for a, b in zip(after, before) for k in b)

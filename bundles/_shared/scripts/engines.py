@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
@@ -189,10 +190,26 @@ class Trainer(AutocastMixin, SupervisedTrainer):
     """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and, on a CPU with native bf16, bf16 autocast
     where it measured faster than fp32 for this network on the first training batch (``amp: "bf16"`` forces it)."""
 
-    def __init__(self, *args, amp: bool | str = False, **kwargs) -> None:
+    def __init__(self, *args, amp: bool | str = False, track_meta: bool = False, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
+        self.track_meta = track_meta
         self._register_float_predictions()
+
+    def run(self) -> None:
+        """Train with MONAI's metadata tracking set to ``track_meta`` (off by default), restored afterwards.
+
+        The cached items are plain tensors already (``EnsureTyped(track_meta=False)`` ends ``load_transforms``), but
+        each random transform wraps its output in a ``MetaTensor`` and records itself while tracking is on: half of
+        the augmentation's cost on a CPU, for metadata training never reads (MONAI's fast-training tutorial turns it
+        off the same way, once the cache is built). The data loader's workers start inside this call and inherit
+        the setting; the datasets were built, and cached, before it."""
+        previous = get_track_meta()
+        set_track_meta(self.track_meta)
+        try:
+            super().run()
+        finally:
+            set_track_meta(previous)
 
     def _probe(self, engine, batch) -> tuple[Callable[[], None], str, str]:
         inputs, targets = batch[0], batch[1]
