@@ -612,23 +612,31 @@ def sweep_markdown(task: str, rows: list[dict], keys: list[str], best: dict) -> 
 
 def record_sweep(task: str, rows: list[dict], grid_keys: list[str], command: str) -> None:
     """Add a sweep's rows to ``benchmarks/results/sweep_<task>.{json,md}`` (see :func:`_merge_rows`), choose the
-    winner over all rows, print the table."""
-    earlier = _read_sweep(task)
-    keys = _sweep_keys(earlier, grid_keys)
-    old = [{"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])]
-    rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
-    best = _best(rows)
-    markdown = sweep_markdown(task, rows, keys, best)
-    payload = {
-        "task": task,
-        "keys": keys,
-        "rows": rows,
-        "best": best,
-        "hardware": _hardware(),
-        "command": command,
-        "commit": _commit(),
-    }
-    _save(f"sweep_{task}", payload, markdown)
+    winner over all rows, print the table. Sweeps that finish together take turns (a file lock), so none loses
+    the other's rows."""
+    import fcntl
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".sweep_{task}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        earlier = _read_sweep(task)
+        keys = _sweep_keys(earlier, grid_keys)
+        old = [
+            {"command": earlier.get("command"), "commit": earlier.get("commit"), **r} for r in earlier.get("rows", [])
+        ]
+        rows = sorted(_merge_rows(old, rows, keys), key=lambda r: -r["dice_mean"])
+        best = _best(rows)
+        markdown = sweep_markdown(task, rows, keys, best)
+        payload = {
+            "task": task,
+            "keys": keys,
+            "rows": rows,
+            "best": best,
+            "hardware": _hardware(),
+            "command": command,
+            "commit": _commit(),
+        }
+        _save(f"sweep_{task}", payload, markdown)
     print(markdown)
 
 

@@ -459,7 +459,9 @@ def test_augmentation_never_changes_the_cached_items(demo_data) -> None:
     wf.parser.update({"device": "$torch.device('cpu')", **keys})
     assert wf.parser.get_parsed_content("num_workers") == 0
     dataset = wf.parser.get_parsed_content("train#dataset")
-    before = [{k: torch.as_tensor(v).clone() for k, v in item.items() if k in ("image", "label")} for item in dataset._cache]
+    before = [
+        {k: torch.as_tensor(v).clone() for k, v in item.items() if k in ("image", "label")} for item in dataset._cache
+    ]
     set_track_meta(False)
     try:
         for _ in range(3):
