@@ -5,7 +5,8 @@ MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` hard-code ``torch.autocast
 
 Native bf16 instructions do not make bf16 faster on every CPU: the PH2 UNet trained 1.4x faster per epoch with
 bf16 autocast than in fp32 on an AMD EPYC with AVX512-BF16, and 1.13x slower on an Intel Xeon with AVX512-BF16
-(no AMX; ``benchmarks/results/speed_ph2_melanoma_cpu_xeon.md``). So with ``amp: true`` the :class:`Trainer`
+(no AMX; ``benchmarks/results/speed_ph2_melanoma_cpu_xeon.md``), while on an Intel Xeon with AMX its bare training
+step ran 1.6x faster in bf16 (``speed_ph2_melanoma_cpu_xeon_amx.md``). So with ``amp: true`` the :class:`Trainer`
 times the training step of its own network on its first batch in both precisions before training, and the
 :class:`Evaluator` its inference, and each keeps bf16 only where it is clearly faster (:func:`measure_cpu_amp`),
 logging what it measured and chose.
