@@ -19,8 +19,9 @@ network, invert to the original size, findings, save) in each mode:
 * ``fp32``: eager PyTorch; ``bf16``: ``--amp bf16`` (bf16 autocast forced, see ``scripts/engines.py``);
   ``torchscript``: ``net`` = ``torch.jit.load(models/model.ts)``; ``onnx``: ``configs/inference_onnx.json``
   (ONNX Runtime, ``threads`` intra-op threads); ``openvino``: ``--backend openvino`` (the same export in OpenVINO,
-  fp32); ``auto``: the bundle's default (``backend: auto``, ``amp: true``), which times PyTorch fp32, bf16 where
-  native, and both runtimes on the first image and runs the fastest (``auto_chose``: its choice in each run).
+  fp32); ``openvino_bf16``: the same with ``--amp bf16`` (OpenVINO in bf16); ``auto``: the bundle's default
+  (``backend: auto``, ``amp: true``), which times PyTorch fp32, PyTorch and OpenVINO bf16 where native, and both
+  runtimes on the first image and runs the fastest (``auto_chose``: its choice in each run).
 
 ``threads`` defaults to 1: on a shared, oversubscribed 2-core machine two OpenMP threads per process make eager
 PyTorch wait at barriers for descheduled threads (per-image times up to 30x longer and bimodal).
@@ -62,7 +63,7 @@ from lesiondata.synthetic import make_demo_dataset  # noqa: E402
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "inference_cpu.json"
 MC_SAMPLES = 5  # the label app's default epistemic_simulation_size
 DEFAULT_WORK = REPO / "benchmarks" / "work" / "inference"
-MODES = ("fp32", "bf16", "torchscript", "onnx", "openvino", "auto")
+MODES = ("fp32", "bf16", "torchscript", "onnx", "openvino", "openvino_bf16", "auto")
 DEFAULT_MODES = MODES
 AGREEMENT = 0.995
 TRAIN = {"spatial_size": [64, 64], "num_workers": 0, "batch_size": 4, "val_batch_size": 2}
@@ -133,6 +134,13 @@ def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], d
             "onnx_file": str(models / "model.onnx"),
             "onnx_threads": threads,
             "amp": False,
+        }
+    if mode == "openvino_bf16":  # amp "bf16" forces bf16 in the forced runtime too
+        return ["inference.json"], {
+            "onnx_file": str(models / "model.onnx"),
+            "onnx_threads": threads,
+            "amp": "bf16",
+            "backend": "openvino",
         }
     if mode in ("openvino", "auto"):  # auto: the bundle's default, timing PyTorch fp32/bf16 and both runtimes
         return ["inference.json"], {

@@ -471,4 +471,4 @@ def test_augmentation_never_changes_the_cached_items(demo_data) -> None:
     finally:
         set_track_meta(True)
     after = dataset._cache
-    assert all(torch.equal(torch.as_tensor(a[k]), b[k]) for a, b in zip(after, before) for k in b)
+    assert all(torch.equal(torch.as_tensor(a[k]), b[k]) for a, b in zip(after, before, strict=True) for k in b)

@@ -134,6 +134,22 @@ def test_onnx_inferer_names_what_is_wrong(exported: dict[str, Path], tmp_path: P
         assert logits.shape == (2, 2, 64, 64) and logits.dtype == torch.float32
     with pytest.raises(ValueError, match="runtime must be one of onnxruntime, openvino"):
         OnnxInferer(exported["onnx"], runtime="tensorrt")
+    with pytest.raises(ValueError, match=r"precision must be one of f32, bf16 \(bf16: openvino only\)"):
+        OnnxInferer(exported["onnx"], runtime="onnxruntime", precision="bf16")
+
+
+def test_openvino_in_bf16_gives_nearly_the_masks_of_fp32(exported: dict[str, Path]) -> None:
+    """OpenVINO with ``precision="bf16"`` (``backend: auto`` measures it where ``amp`` allows bf16): float32 logits
+    whose argmax is the fp32 one at nearly every pixel (a CPU without native bf16 runs it in fp32)."""
+    use_bundle(NAME)
+    from scripts.onnx_inferer import OnnxInferer
+
+    batch = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fp32 = OnnxInferer(exported["onnx"], threads=1, runtime="openvino")(batch)
+    bf16 = OnnxInferer(exported["onnx"], threads=1, runtime="openvino", precision="bf16")(batch)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert (bf16.argmax(1) == fp32.argmax(1)).float().mean() >= 0.99
+    assert torch.allclose(bf16, fp32, atol=0.1 * float(fp32.abs().max()))
 
 
 def test_openvino_runs_the_export_as_onnx_runtime_does(exported: dict[str, Path], tmp_path: Path) -> None:
@@ -216,16 +232,22 @@ def test_backend_auto_measures_the_matching_export_in_each_runtime(exported: dic
 
     checkpoint = exported["models"] / "model.pt"
     auto = select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp=True)
-    assert isinstance(auto, AutoBackend) and sorted(auto.runtimes) == ["onnxruntime", "openvino"]
+    bf16 = ["openvino-bf16"] if cpu_supports_bf16() else []  # OpenVINO bf16 where amp allows bf16 on this CPU
+    assert isinstance(auto, AutoBackend) and sorted(auto.runtimes) == ["onnxruntime", "openvino", *bf16]
     assert all(inferer.stale is None for inferer in auto.runtimes.values())
     assert auto.bf16 == cpu_supports_bf16()
-    assert not select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp=False).bf16
+    assert [auto.runtimes[name].precision for name in bf16] == ["bf16"] * len(bf16)
+    fp32_only = select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp=False)
+    assert not fp32_only.bf16 and sorted(fp32_only.runtimes) == ["onnxruntime", "openvino"]
     assert select_base("auto", exported["onnx"], checkpoint, "cpu", 3, 1, amp="bf16") is None
     assert select_base("auto", exported["onnx"], checkpoint, "cuda:0", 3, 1) is None  # built only where it runs
     assert select_base("torch", exported["onnx"], checkpoint) is None
     for backend, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         forced = select_base(backend, exported["onnx"], checkpoint, threads=1)
-        assert isinstance(forced, OnnxInferer) and forced.runtime == runtime
+        assert isinstance(forced, OnnxInferer) and forced.runtime == runtime and forced.precision == "f32"
+        # amp "bf16" forces bf16 as it does for PyTorch, where the runtime has it (OpenVINO)
+        forced = select_base(backend, exported["onnx"], checkpoint, threads=1, amp="bf16")
+        assert forced.precision == ("bf16" if runtime == "openvino" else "f32")
     nothing = select_base("auto", tmp_path / "none.onnx", checkpoint)  # nothing exported (yet): PyTorch
     assert all(inferer.stale.startswith("no ") for inferer in nothing.runtimes.values())
     retrained = tmp_path / "model.pt"

@@ -6,8 +6,8 @@ model with ``python scripts/export_bundle.py --bundle <bundle>`` (``models/model
 sha256 of the ``model.pt`` it came from in the ONNX metadata (:func:`stamp_source`); given that checkpoint,
 :class:`OnnxInferer` refuses a model exported from another one (a stale export after retraining would otherwise run
 the old model). The same file runs in either runtime (``runtime``): ONNX Runtime (``backend: onnx``) or OpenVINO
-(``backend: openvino``, in fp32); ``backend: auto`` (:class:`AutoBackend`) times them and PyTorch on the first
-batch and runs the fastest.
+(``backend: openvino``, in fp32; in bf16 with ``amp: "bf16"``); ``backend: auto`` (:class:`AutoBackend`) times them
+and PyTorch on the first batch and runs the fastest.
 
 The export itself is defined here too (:func:`onnx_export_args`, :func:`export_onnx`, and on the command line
 ``python -m scripts.onnx_inferer`` in the bundle folder), so a bundle that travels without this repository (a
@@ -44,6 +44,7 @@ __all__ = [
     "ONNX_CONVERTER_KWARGS",
     "SOURCE_KEY",
     "OnnxInferer",
+    "PRECISIONS",
     "checkpoint_sha256",
     "export_onnx",
     "onnx_export_args",
@@ -60,6 +61,8 @@ _EXPORT_HINT = "export it with `python scripts/export_bundle.py --bundle <bundle
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 #: the runtimes an :class:`OnnxInferer` runs the export in, and the ``backend`` that forces each
 RUNTIMES = {"onnxruntime": "onnx", "openvino": "openvino"}
+#: inference precisions of an :class:`OnnxInferer` (OpenVINO's ``INFERENCE_PRECISION_HINT``); bf16: OpenVINO only
+PRECISIONS = ("f32", "bf16")
 _INSTALL = {"onnxruntime": "pip install onnxruntime==1.23.2", "openvino": "pip install openvino==2026.4.1"}
 #: ``torch.onnx.export`` arguments of every bundle's model: the TorchScript-based exporter (``dynamo=False``: torch
 #: 2.13's default dynamo exporter needs ``onnxscript``, which is not installed) and dynamic batch, height and width,
@@ -189,8 +192,11 @@ class OnnxInferer(Inferer):
             with ``on_stale="torch"``, which runs the export only on a verified match.
         on_stale: ``"error"``: a stale model raises (at load, or at the first batch after ``model.pt`` changed);
             ``"torch"``: batches go to the PyTorch ``network`` until the model matches again (``backend: auto``).
-        runtime: ``"onnxruntime"`` or ``"openvino"`` (OpenVINO's CPU plugin, fp32 inference precision: its default
-            on a CPU with native bf16 would be bf16, whose masks differ from eager fp32).
+        runtime: ``"onnxruntime"`` or ``"openvino"`` (OpenVINO's CPU plugin).
+        precision: ``"f32"`` (default; OpenVINO's own default on a CPU with native bf16 would be bf16, whose masks
+            differ a little from eager fp32) or ``"bf16"`` (OpenVINO only: on a CPU with AMX it ran the PH2 UNet
+            about twice as fast as in fp32, README, Speed; elsewhere it may be slower, which ``backend: auto``
+            measures).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (``on_stale="torch"``: PyTorch runs until it does).
@@ -207,10 +213,15 @@ class OnnxInferer(Inferer):
         checkpoint: str | Path | None = None,
         on_stale: str = "error",
         runtime: str = "onnxruntime",
+        precision: str = "f32",
     ) -> None:
         super().__init__()
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
+        if precision not in PRECISIONS or (precision != "f32" and runtime != "openvino"):
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)} (bf16: openvino only); got {precision!r}."
+            )
         self.path = Path(str(path))
         if not self.path.is_file() and on_stale != "torch":
             raise FileNotFoundError(f"{self.path} not found: {_EXPORT_HINT} or set onnx_file.")
@@ -220,7 +231,8 @@ class OnnxInferer(Inferer):
             raise ValueError(f"on_stale must be 'error' or 'torch'; got {on_stale!r}.")
         self.threads, self.providers, self.in_channels = int(threads), providers, in_channels
         self.checkpoint = Path(str(checkpoint)) if checkpoint is not None else None
-        self.on_stale, self.runtime = on_stale, runtime
+        self.on_stale, self.runtime, self.precision = on_stale, runtime, precision
+        self.label = runtime if precision == "f32" else f"{runtime}-{precision}"  #: its name in the log
         self.session: Any = None  #: the ONNX Runtime session or the OpenVINO compiled model
         self.input_name = ""
         self.source: str | None = None  #: the checkpoint sha256 the loaded model records (:func:`stamp_source`)
@@ -261,7 +273,7 @@ class OnnxInferer(Inferer):
 
         core = openvino.Core()
         model = core.read_model(str(self.path))
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads > 0:
             config["INFERENCE_NUM_THREADS"] = self.threads
         compiled = core.compile_model(model, "CPU", config)
@@ -317,9 +329,9 @@ class OnnxInferer(Inferer):
                 raise ValueError(stale)
             self._seen, self.stale = files, stale
             if stale:
-                (logger.info if quiet else logger.warning)(f"The PyTorch network runs, not {self.runtime}: {stale}.")
+                (logger.info if quiet else logger.warning)(f"The PyTorch network runs, not {self.label}: {stale}.")
             elif self.on_stale == "torch" or before:
-                logger.info(f"{self.runtime} runs {self.path} (exported from {self.checkpoint}).")
+                logger.info(f"{self.label} runs {self.path} (exported from {self.checkpoint}).")
             return stale
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -350,7 +362,8 @@ BACKEND_PROBE_REPEATS = 3
 
 class AutoBackend(Inferer):
     """``backend: auto`` on a CPU: the fastest of PyTorch fp32, PyTorch bf16 autocast (where ``amp`` allows it on this
-    CPU) and the matching export in each installed runtime, timed on the first batch.
+    CPU) and the matching export in each installed runtime (OpenVINO also in bf16 where ``amp`` allows it), timed on
+    the first batch.
 
     Each candidate runs once to warm up, then :data:`BACKEND_PROBE_REPEATS` times in turns; the fastest run of each
     is compared and PyTorch fp32 is left only for a candidate at least :data:`BACKEND_MIN_GAIN` times faster (near a
@@ -411,7 +424,7 @@ class AutoBackend(Inferer):
         figures = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in self.seconds.items())
         logger.info(
             f"backend auto: on the first batch {figures}: running {self.choice} (another than PyTorch fp32 needs "
-            f"{BACKEND_MIN_GAIN}x; backend torch, onnx or openvino forces one)"
+            f"{BACKEND_MIN_GAIN}x; backend torch, onnx or openvino forces one, in bf16 with amp 'bf16')"
         )
         return self.choice
 
@@ -458,15 +471,16 @@ def select_base(
     """The inference ``backend`` key: the base inferer for :class:`scripts.uncertainty.FlipTTAInferer`.
 
     * ``torch``: None (the PyTorch network, with ``amp``).
-    * ``onnx`` / ``openvino``: :class:`OnnxInferer` on ``onnx_file`` in ONNX Runtime / OpenVINO; a missing,
-      mismatched or stale file is an error, also when ``checkpoint`` changes while the workflow runs.
+    * ``onnx`` / ``openvino``: :class:`OnnxInferer` on ``onnx_file`` in ONNX Runtime / OpenVINO (in bf16 with
+      ``amp: "bf16"``, as PyTorch; ONNX Runtime stays fp32); a missing, mismatched or stale file is an error, also
+      when ``checkpoint`` changes while the workflow runs.
     * ``auto``: on CUDA, and with ``amp: "bf16"`` (forced bf16 autocast), PyTorch. On a CPU, :class:`AutoBackend`:
-      whichever of PyTorch fp32, PyTorch bf16 (``amp`` true on a CPU with native bf16) and the export in each
-      installed runtime ran fastest on the first batch. An export serves only while it is stamped with the sha256
+      whichever of PyTorch fp32, PyTorch bf16 and OpenVINO bf16 (both where ``amp`` is true on a CPU with native
+      bf16) and the export in each installed runtime ran fastest on the first batch. An export serves only while it is stamped with the sha256
       of ``checkpoint``: before it exists, after a retraining, unstamped, PyTorch runs and the reason is logged; an
       export or re-export is picked up (and measured) without a restart (:meth:`OnnxInferer.refresh`). No fixed
       rule held on the CPUs measured (README, Speed): bf16 was fastest on an AMD EPYC with AVX512-BF16, ONNX
-      Runtime on AVX2-only EPYCs, OpenVINO on an Intel Xeon with AVX512-BF16 (the only CPU it was measured on).
+      Runtime on AVX2-only EPYCs, OpenVINO on an Intel Xeon with AVX512-BF16, OpenVINO bf16 on one with AMX.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
@@ -474,7 +488,15 @@ def select_base(
         return None
     if backend != "auto":
         runtime = next(name for name, forced in RUNTIMES.items() if forced == backend)
-        return OnnxInferer(onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, runtime=runtime)
+        precision = "bf16" if runtime == "openvino" and amp == "bf16" else "f32"
+        return OnnxInferer(
+            onnx_file,
+            threads=threads,
+            in_channels=in_channels,
+            checkpoint=checkpoint,
+            runtime=runtime,
+            precision=precision,
+        )
     if torch.device(device).type != "cpu" or amp == "bf16":  # amp "bf16" forces PyTorch bf16 autocast
         return None
     runtimes = {
@@ -488,6 +510,16 @@ def select_base(
     if missing:
         logger.info(f"backend auto: not measuring the runtimes that are not installed ({'; '.join(missing)})")
     bf16 = amp_mode(amp, device) == "cpu"
+    if bf16 and "openvino" in runtimes:
+        runtimes["openvino-bf16"] = OnnxInferer(
+            onnx_file,
+            threads=threads,
+            in_channels=in_channels,
+            checkpoint=checkpoint,
+            on_stale="torch",
+            runtime="openvino",
+            precision="bf16",
+        )
     return AutoBackend(runtimes, bf16=bf16) if runtimes or bf16 else None
 
 
