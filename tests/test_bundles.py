@@ -417,8 +417,9 @@ def test_ema_decay_trains_and_saves_the_averaged_weights(demo_data, tmp_path: Pa
 
 
 def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(demo_data, tmp_path: Path) -> None:
-    """The trainer turns MONAI's metadata tracking off while it runs (the augmentation then skips ``MetaTensor``
-    bookkeeping) and back on afterwards; the weights it trains are the same as with tracking on."""
+    """With every item cached, the trainer turns MONAI's metadata tracking off while it runs (the augmentation then
+    skips ``MetaTensor`` bookkeeping) and back on afterwards; the weights it trains are the same as with tracking on.
+    With items loaded during training it keeps tracking on (``EnsureChannelFirstd`` needs it)."""
     from bundle_utils import train
     from monai.data import MetaTensor, get_track_meta
     from monai.engines import SupervisedTrainer
@@ -441,6 +442,10 @@ def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(dem
         assert get_track_meta(), "tracking must be back on after training"
         seen.clear()
         tracked = trained("tracked", **{"train#trainer#track_meta": True})
+        assert seen and all(tracking for tracking, _ in seen)
+        seen.clear()
+        # items loaded during training (not all cached, as in the label app's tests) need it: tracking stays on
+        trained("uncached", cache_rate=0.5)
         assert seen and all(tracking for tracking, _ in seen)
     finally:
         SupervisedTrainer._iteration = original

@@ -191,20 +191,22 @@ class Trainer(AutocastMixin, SupervisedTrainer):
     """``SupervisedTrainer`` whose ``amp`` means fp16 AMP on CUDA and, on a CPU with native bf16, bf16 autocast
     where it measured faster than fp32 for this network on the first training batch (``amp: "bf16"`` forces it)."""
 
-    def __init__(self, *args, amp: bool | str = False, track_meta: bool = False, **kwargs) -> None:
+    def __init__(self, *args, amp: bool | str = False, track_meta: bool = True, **kwargs) -> None:
         cuda_amp = self._setup_amp(amp, kwargs.get("device", "cpu"))
         super().__init__(*args, amp=cuda_amp, **kwargs)
         self.track_meta = track_meta
         self._register_float_predictions()
 
     def run(self) -> None:
-        """Train with MONAI's metadata tracking set to ``track_meta`` (off by default), restored afterwards.
+        """Train with MONAI's metadata tracking set to ``track_meta``, restored afterwards.
 
-        The cached items are plain tensors already (``EnsureTyped(track_meta=False)`` ends ``load_transforms``), but
-        each random transform wraps its output in a ``MetaTensor`` and records itself while tracking is on: half of
-        the augmentation's cost on a CPU, for metadata training never reads (MONAI's fast-training tutorial turns it
-        off the same way, once the cache is built). The data loader's workers start inside this call and inherit
-        the setting; the datasets were built, and cached, before it."""
+        The bundles' ``train.json`` turns it off (``$@cache_rate < 1.0``) when every item is cached: the cached items
+        are plain tensors already (``EnsureTyped(track_meta=False)`` ends ``load_transforms``), but each random
+        transform wraps its output in a ``MetaTensor`` and records itself while tracking is on, a large share of the
+        augmentation's cost on a CPU, for metadata training never reads (MONAI's fast-training tutorial turns it off
+        the same way, once the cache is built). The datasets were built, and cached, before this call; the data
+        loader's workers start inside it and inherit the setting. Items loaded during training (``cache_rate`` below
+        1, as the label app's tests run) need it on: ``EnsureChannelFirstd`` reads the channel layout from it."""
         previous = get_track_meta()
         set_track_meta(self.track_meta)
         try:
