@@ -135,19 +135,12 @@ def _mode_overrides(mode: str, models: Path, threads: int) -> tuple[list[str], d
             "onnx_threads": threads,
             "amp": False,
         }
-    if mode == "openvino_bf16":  # amp "bf16" forces bf16 in the forced runtime too
+    if mode in ("openvino", "openvino_bf16", "auto"):  # auto: the bundle's default, timing PyTorch and the runtimes
         return ["inference.json"], {
             "onnx_file": str(models / "model.onnx"),
             "onnx_threads": threads,
-            "amp": "bf16",
-            "backend": "openvino",
-        }
-    if mode in ("openvino", "auto"):  # auto: the bundle's default, timing PyTorch fp32/bf16 and both runtimes
-        return ["inference.json"], {
-            "onnx_file": str(models / "model.onnx"),
-            "onnx_threads": threads,
-            "amp": mode == "auto",
-            "backend": mode,
+            "amp": {"openvino": False, "openvino_bf16": "bf16", "auto": True}[mode],  # amp "bf16": OpenVINO in bf16
+            "backend": "auto" if mode == "auto" else "openvino",
         }
     raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 

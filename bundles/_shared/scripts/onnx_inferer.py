@@ -499,27 +499,16 @@ def select_base(
         )
     if torch.device(device).type != "cpu" or amp == "bf16":  # amp "bf16" forces PyTorch bf16 autocast
         return None
-    runtimes = {
-        name: OnnxInferer(
-            onnx_file, threads=threads, in_channels=in_channels, checkpoint=checkpoint, on_stale="torch", runtime=name
-        )
-        for name in RUNTIMES
-        if runtime_installed(name)
-    }
+    bf16 = amp_mode(amp, device) == "cpu"
+    variants = [(name, "f32") for name in RUNTIMES] + ([("openvino", "bf16")] if bf16 else [])
+    common = {"threads": threads, "in_channels": in_channels, "checkpoint": checkpoint, "on_stale": "torch"}
+    made = [
+        OnnxInferer(onnx_file, runtime=name, precision=p, **common) for name, p in variants if runtime_installed(name)
+    ]
+    runtimes = {inferer.label: inferer for inferer in made}  # onnxruntime, openvino, openvino-bf16
     missing = [_INSTALL[name] for name in RUNTIMES if name not in runtimes]
     if missing:
         logger.info(f"backend auto: not measuring the runtimes that are not installed ({'; '.join(missing)})")
-    bf16 = amp_mode(amp, device) == "cpu"
-    if bf16 and "openvino" in runtimes:
-        runtimes["openvino-bf16"] = OnnxInferer(
-            onnx_file,
-            threads=threads,
-            in_channels=in_channels,
-            checkpoint=checkpoint,
-            on_stale="torch",
-            runtime="openvino",
-            precision="bf16",
-        )
     return AutoBackend(runtimes, bf16=bf16) if runtimes or bf16 else None
 
 
