@@ -4,7 +4,6 @@ costs nothing when it does not fire, and MONAI's anti-aliased resize with a fast
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -271,28 +270,14 @@ class DropPresenced(MapTransform):
         return d
 
 
-@functools.lru_cache(maxsize=16)
-def _bicubic_rows(size: int, scale: int, out: int) -> torch.Tensor:
-    """The ``(out, size)`` matrix of PyTorch's bicubic upsampling by ``scale`` (``align_corners=False``) along one
-    axis, cropped to the centre ``out`` positions as MONAI's ``CenterSpatialCrop`` does: the weights of
-    ``F.interpolate`` itself, read off the identity (the other axis at scale 1 keeps it as it is)."""
-    eye = torch.eye(size, dtype=torch.float32)[None, None]
-    full = F.interpolate(eye, scale_factor=(scale, 1), mode="bicubic", align_corners=False, recompute_scale_factor=True)
-    start = full.shape[2] // 2 - out // 2
-    return full[0, 0, start : start + out].contiguous()
-
-
 class RandElasticd(Rand2DElasticd):
     """MONAI's ``Rand2DElasticd`` (B-spline control-grid deformation, as in the U-Net paper), skipped when it does
-    not fire, and its control grid upsampled as two small matrix products.
+    not fire.
 
     MONAI's transform resamples through an identity grid on the images it leaves alone (about 20 ms at 384x384
     per image and key), so with ``prob`` 0 it would still slow every training sample; this one returns the data
-    untouched then. When it fires, MONAI upsamples the control grid bicubically to ``spacing`` times its size and
-    crops the centre, the largest part of its cost; bicubic interpolation is separable, so the same grid is
-    ``rows @ grid @ cols.T`` with the interpolation's own weights (:func:`_bicubic_rows`): the same random draws, the
-    same grid to float rounding (tests/test_bundle_scripts.py). Arguments are ``Rand2DElasticd``'s: ``spacing`` is
-    the control-point distance and ``magnitude_range`` the standard deviation of their displacement, both in pixels.
+    untouched then. Arguments are ``Rand2DElasticd``'s: ``spacing`` is the control-point distance and
+    ``magnitude_range`` the standard deviation of their displacement, both in pixels.
     """
 
     def __init__(self, keys: KeysCollection, prob: float = 0.1, **kwargs) -> None:
@@ -302,23 +287,7 @@ class RandElasticd(Rand2DElasticd):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         if self.apply_prob <= 0.0 or self.R.rand() >= self.apply_prob:
             return dict(data)
-        d = dict(data)
-        first = self.first_key(d)
-        if first == ():
-            return d
-        self.randomize(None)  # MONAI's draws, in MONAI's order (Rand2DElasticd.__call__)
-        elastic = self.rand_2d_elastic
-        if elastic.device is None and isinstance(d[first], torch.Tensor):
-            elastic.set_device(d[first].device)
-        size = fall_back_tuple(elastic.spatial_size, d[first].shape[1:])
-        elastic.randomize(size)
-        grid = torch.as_tensor(elastic.rand_affine_grid(grid=elastic.deform_grid(spatial_size=size)))
-        scale = ensure_tuple_rep(elastic.deform_grid.spacing, 2)
-        rows, cols = (_bicubic_rows(grid.shape[1 + a], int(scale[a]), int(size[a])).to(grid) for a in (0, 1))
-        grid = rows @ grid @ cols.T
-        for key, mode, padding_mode in self.key_iterator(d, self.mode, self.padding_mode):
-            d[key] = elastic.resampler(d[key], grid, mode=mode, padding_mode=padding_mode)
-        return d
+        return super().__call__(data)
 
 
 def gaussian_smooth(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
