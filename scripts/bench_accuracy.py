@@ -38,7 +38,7 @@ SPLITS = ROOT / "benchmarks" / "splits"
 WORK = ROOT / "benchmarks" / "work"
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
+from lesiondata.bundles import comma_list, override_args, run_monai_bundle  # noqa: E402
 from lesiondata.hardware import cpu_name  # noqa: E402
 
 
@@ -384,11 +384,16 @@ def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _md_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) -> str:
     cols = [*keys, *extra, "dice_mean", "dice_median", "dice_worst", "jaccard_mean", "pooled_dice", "pooled_jaccard"]
     if any(r["empty_truth_cases"] for r in rows):
         cols.append("empty_predicted_empty")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table = []
     for r in rows:
         cells = [
             _cell(r[c])
@@ -402,7 +407,8 @@ def _grid_table(rows: list[dict], keys: list[str], extra: tuple[str, ...] = ()) 
         ]
         if "empty_predicted_empty" in cols:
             cells[-1] = f"{r['empty_predicted_empty']}/{r['empty_truth_cases']}"
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = _md_rows(cols, table)
     return "\n".join(lines)
 
 
@@ -772,10 +778,7 @@ def cards(tasks: str = "all") -> None:
 
 
 def _names(tasks: str | tuple) -> list[str]:
-    if isinstance(tasks, (list, tuple)):  # fire turns "a,b" into a tuple
-        names = [str(t) for t in tasks]
-    else:
-        names = list(DATASETS) if tasks == "all" else [t.strip() for t in str(tasks).split(",")]
+    names = list(DATASETS) if tasks == "all" else comma_list(tasks)
     unknown = [t for t in names if t not in DATASETS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(DATASETS)} or all.")
@@ -793,7 +796,7 @@ def ensemble(task: str, members: str | tuple, name: str = "seeds") -> None:
     ensemble scored on fold 0 would have seen it). Writes ``benchmarks/results/ensemble_<task>.{json,md}``
     (``ensemble_<task>_<name>`` for a ``name`` other than ``seeds``, so ensembles of other members sit beside it).
     """
-    names = [str(m) for m in (members.split(",") if isinstance(members, str) else members)]  # fire gives a tuple
+    names = comma_list(members)
     runs = _run_dirs(names)
     missing = [str(r / "models" / "model.pt") for r in runs if not (r / "models" / "model.pt").is_file()]
     if len(runs) < 2 or missing:
@@ -854,7 +857,7 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
     varies most across the runs; last, the mean of each case's best run (an upper bound for picking among them). On a small fold one case can move a mean by more than a recipe change; this says
     whether it did. Writes ``benchmarks/results/cases_<task>_<name>.{json,md}``.
     """
-    names = [str(m) for m in (runs.split(",") if isinstance(runs, str) else runs)]  # fire gives a tuple
+    names = comma_list(runs)
     dirs = _run_dirs(names)
     missing = [str(d / "eval" / "per_image.csv") for d in dirs if not (d / "eval" / "per_image.csv").is_file()]
     if len(dirs) < 2 or missing:
@@ -879,13 +882,11 @@ def cases(task: str, runs: str | tuple, worst: int = 8, name: str = "runs") -> N
         }
         for n, d in zip(names, dice, strict=True)
     ]
-    header = "| case | " + " | ".join(f"run {i + 1}" for i in range(len(names))) + " | spread |"
-    lines = [header, "|" + "---|" * (len(names) + 2)]
-    lines += [f"| {c} | " + " | ".join(f"{d[c]:.3f}" for d in dice) + f" | {spread[c]:.3f} |" for c in low]
+    header = ["case", *(f"run {i + 1}" for i in range(len(names))), "spread"]
+    lines = _md_rows(header, [[c, *(f"{d[c]:.3f}" for d in dice), f"{spread[c]:.3f}"] for c in low])
     best_of_runs = round(mean([max(d[c] for d in dice) for c in common]), 4)  # an oracle: each case's best run
     cols = list(summary[0])
-    table_md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    table_md += ["| " + " | ".join(str(r[k]) for k in cols) + " |" for r in summary]
+    table_md = _md_rows(cols, [[str(r[k]) for k in cols] for r in summary])
     command = f"python scripts/bench_accuracy.py cases {task} --runs {','.join(names)} --name {name}"
     markdown = (
         f"## {task}: per-case Dice of {len(names)} runs (fold 0, {len(common)} cases with a structure)\n\n"

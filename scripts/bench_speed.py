@@ -39,20 +39,14 @@ import fire
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "scripts"))
-from lesiondata.bundles import override_args, run_monai_bundle  # noqa: E402
+from lesiondata.bundles import comma_list, override_args, run_monai_bundle  # noqa: E402
 from lesiondata.hardware import cpu_name  # noqa: E402
 
 DATASETS = {"ph2_melanoma": "ph2", "brain_tumor": "brain178", "trus_prostate": "ctrus", "ipmn_histology": "glas"}
 
 
-def _items(value) -> list[str]:
-    """A comma list as fire hands it over (a string, or a tuple when the list holds literals), as strings."""
-    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [str(p).strip() for p in parts if str(p).strip()]
-
-
 def _seeds(seeds) -> list[int]:
-    return [int(s) for s in _items(seeds)]
+    return [int(s) for s in comma_list(seeds)]
 
 
 def baseline(
@@ -322,13 +316,13 @@ def run(
     another CPU model beside the existing ones (e.g. ``speed_ph2_melanoma_cpu_xeon``)."""
     import torch
 
-    dropouts = _items(baseline_dropout)
+    dropouts = comma_list(baseline_dropout)
     if not dropouts or dropouts[0] != "plain" or not set(dropouts) <= {"plain", "fast"}:
         raise SystemExit(f"--baseline_dropout {baseline_dropout!r}: use plain or plain,fast")
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
-    amps = [a.lower() == "true" for a in _items(amp)]
+    amps = [a.lower() == "true" for a in comma_list(amp)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:

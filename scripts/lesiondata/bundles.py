@@ -51,6 +51,13 @@ def _cli_value(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
+def comma_list(value: str | int | Sequence[Any]) -> list[str]:
+    """A script's list argument as strings: ``"a, b"`` split at commas, or the tuple fire makes of ``a,b``; blanks
+    dropped."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
     """``--key value`` arguments of the ``monai.bundle`` CLI for config overrides (``{"max_epochs": 2}``)."""
     args: list[str] = []
