@@ -58,6 +58,7 @@ def metadata(name: str, task: dict) -> dict:
         "optional_packages_version": {
             "onnxruntime": "1.23.2",
             "openvino": "2026.4.1",
+            "pyspng": "0.1.4",
             "tensorboard": "2.20.0",
             "mlflow-skinny": "3.6.0",
         },

@@ -105,6 +105,21 @@ def test_diffusion_filter() -> None:
         diffusion_filter(noisy, 1, step=0.5)
 
 
+def test_diffusion_transform_filters_a_metatensor_and_keeps_its_metadata() -> None:
+    """The dictionary transform filters the plain data (fast) and hands back a MetaTensor with the same metadata and
+    recorded operations, the values of :func:`diffusion_filter`."""
+    from monai.data import MetaTensor
+
+    from scripts.transforms import DiffusionFilterd
+
+    img = MetaTensor(torch.rand(1, 20, 30), meta={"filename_or_obj": "case.png"})
+    img.applied_operations = [{"class": "CropForeground"}]
+    out = DiffusionFilterd("image", iterations=3)({"image": img})["image"]
+    assert isinstance(out, MetaTensor) and torch.equal(out.as_tensor(), diffusion_filter(img.as_tensor(), 3))
+    assert out.meta["filename_or_obj"] == "case.png" and out.applied_operations == img.applied_operations
+    assert DiffusionFilterd("image", iterations=0)({"image": img})["image"] is img
+
+
 def test_ensure_channels() -> None:
     grey = torch.arange(6.0).reshape(1, 2, 3)
     rgb = EnsureChannelsd("image", 3)({"image": grey})["image"]
@@ -155,6 +170,50 @@ def test_fill_enclosed_equals_scipys_binary_fill_holes() -> None:
         noise = ndimage.binary_opening(rng.random(disc.shape) < density)
         for region in (noise, disc & ~noise, disc | noise, disc, np.zeros_like(disc), np.ones_like(disc)):
             np.testing.assert_array_equal(fill_enclosed(region), ndimage.binary_fill_holes(region))
+
+
+def _clean_mask_on_the_whole_image(mask, num_classes, keep_largest, fill_holes, fraction):
+    """The clean-up written plainly on the whole image with SciPy's own hole filling: the reference."""
+    from scipy import ndimage
+
+    out, eight = mask.copy(), np.ones((3, 3))
+    for value in range(1, num_classes):
+        region = mask == value
+        if not region.any():
+            continue
+        if fraction > 0:
+            components, n = ndimage.label(region, structure=eight)
+            sizes = np.bincount(components.ravel(), minlength=n + 1)
+            region = np.isin(components, np.flatnonzero(sizes >= fraction * mask.size)) & region
+        if keep_largest and region.any():
+            components, n = ndimage.label(region, structure=eight)
+            if n > 1:
+                region = components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+        if fill_holes:
+            region = ndimage.binary_fill_holes(region)
+        out[(mask == value) & ~region] = 0
+        out[region] = value
+    return out
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_clean_mask_inside_bounding_boxes_equals_the_whole_image_clean_up(num_classes: int) -> None:
+    """Cleaning each label inside its bounding box gives the whole-image result: labels touching the border, small
+    ones, scattered noise, nested labels, holes at the box edge."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(num_classes)
+    yy, xx = np.mgrid[:61, :83]
+    for trial in range(40):
+        mask = np.zeros((61, 83), dtype=np.int64)
+        for value in range(1, num_classes):
+            cy, cx, r = rng.integers(0, 61), rng.integers(0, 83), rng.integers(3, 30)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = value
+            mask[ndimage.binary_opening(rng.random(mask.shape) < rng.uniform(0.2, 0.7))] = value * (trial % 3 == 0)
+            mask[rng.random(mask.shape) < 0.02] = value
+        for keep, fill, fraction in [(True, True, 0.0), (True, False, 0.0), (False, True, 0.0), (True, True, 0.005)]:
+            expected = _clean_mask_on_the_whole_image(mask, num_classes, keep, fill, fraction)
+            np.testing.assert_array_equal(clean_mask(mask, num_classes, keep, fill, fraction), expected)
 
 
 def test_clean_mask_drops_small_components_and_can_empty_a_mask() -> None:
@@ -550,3 +609,51 @@ def test_members_and_merged_ensembles_take_the_bundles_network_kwargs(tmp_path: 
     merged = torch.load(merge_members(member, 1, 2, tmp_path / "merged", network_kwargs=six), weights_only=True)
     ensemble = build_network("unet", 1, 2, ensemble_size=1, network_kwargs=six)
     MeanEnsembleNet([ensemble]).load_state_dict(merged)
+
+
+PNG_FLAVOURS = {  # PIL mode -> (array shape suffix, dtype, extra save arguments)
+    "L": ((), np.uint8, {}),
+    "LA": ((2,), np.uint8, {}),
+    "RGB": ((3,), np.uint8, {}),
+    "RGBA": ((4,), np.uint8, {}),
+    "I;16": ((), np.uint16, {}),  # 16-bit grey: left to PIL
+    "P": ((), np.uint8, {}),  # palette: PIL gives the indices, libspng would expand the colours
+    "RGB+tRNS": ((3,), np.uint8, {"transparency": (0, 0, 0)}),  # transparency key: left to PIL
+    "RGB interlaced": ((3,), np.uint8, {"interlace": 1}),
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(PNG_FLAVOURS))
+def test_fast_png_reader_gives_pil_readers_array_and_metadata(tmp_path: Path, flavour: str, monkeypatch) -> None:
+    """Every PNG flavour loads to the very array and metadata of MONAI's ``PILReader`` (libspng decodes the 8-bit
+    ones, PIL the rest), alone and as a stack of several files, and a JPEG still loads."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImage
+    from PIL import Image
+
+    from scripts.data import FastPNGReader
+
+    suffix, dtype, save = PNG_FLAVOURS[flavour]
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(2):
+        pixels = rng.integers(0, np.iinfo(dtype).max, size=(23, 37, *suffix), dtype=dtype)
+        mode = flavour.split()[0].split("+")[0]
+        image = Image.fromarray(pixels, mode="L").convert("P") if mode == "P" else Image.fromarray(pixels, mode=mode)
+        files.append(tmp_path / f"{k}.png")
+        image.save(files[-1], **save)
+    Image.fromarray(rng.integers(0, 255, size=(23, 37, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    import scripts.data
+
+    decoded = []  # files libspng decoded: the 8-bit grey, RGB and RGBA flavours, nothing else
+    monkeypatch.setattr(
+        scripts.data.pyspng, "load", lambda b, load=scripts.data.pyspng.load: decoded.append(1) or load(b)
+    )
+    for source in [str(files[0]), [str(f) for f in files], str(tmp_path / "photo.jpg")]:
+        fast, plain = FastPNGReader(), PILReader()
+        (a, meta_a), (b, meta_b) = fast.get_data(fast.read(source)), plain.get_data(plain.read(source))
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        assert repr(meta_a) == repr(meta_b)  # NaN channel dims of grey images compare equal as text
+    assert len(decoded) == (3 if flavour in ("L", "RGB", "RGBA", "RGB interlaced") else 0)  # 1 + 2 files, no JPEG
+    loaded = LoadImage(reader=FastPNGReader(), image_only=True)(str(files[0]))
+    assert torch.equal(loaded, LoadImage(reader="PILReader", image_only=True)(str(files[0])))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .handlers import atomic_write_json
@@ -50,8 +51,8 @@ def summarise(
         if spacing_mm is not None:
             item["area_mm2"] = n * float(spacing_mm[0]) * float(spacing_mm[1])
         if n >= min_pixels:
-            xs, ys = np.nonzero(where)
-            item["bbox_xyxy"] = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+            xs, ys = np.flatnonzero(where.any(axis=1)), np.flatnonzero(where.any(axis=0))  # occupied columns, rows
+            item["bbox_xyxy"] = [int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])]
             if prob is not None:
                 item["mean_confidence"] = float(prob[int(value)][where].mean())
             text = f"{name} found: it covers {100 * item['area_fraction']:.1f}% of the image ({n} pixels"
@@ -68,6 +69,12 @@ def summarise(
         findings.append(item)
     summary = " ".join(sentences) + " This is an automatic measurement, not a diagnosis."
     return {"image_size": [width, height], "findings": findings, "summary": summary}
+
+
+def _plain(x) -> torch.Tensor:
+    """``x`` as a plain CPU tensor (a MetaTensor's data without its bookkeeping on every operation)."""
+    x = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+    return x.detach().cpu()
 
 
 class Findingsd(MapTransform):
@@ -111,10 +118,10 @@ class Findingsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            mask = torch.as_tensor(img).detach().cpu().numpy()[0]
+            mask = _plain(img).numpy()[0]
             prob = None
             if self.prob_key and self.prob_key in d:
-                prob = torch.as_tensor(d[self.prob_key]).detach().float().cpu().numpy()
+                prob = _plain(d[self.prob_key]).float().numpy()
             result = summarise(mask, prob, self.labels, self._spacing(img))
             source = str(getattr(img, "meta", {}).get("filename_or_obj", ""))
             result["image"] = source

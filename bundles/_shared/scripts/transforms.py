@@ -111,12 +111,15 @@ class DiffusionFilterd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        if self.iterations <= 0:
+            return d
         for key in self.key_iterator(d):
             img = d[key]
-            filtered = diffusion_filter(img, self.iterations, self.step, self.kappa, self.mode)
-            if hasattr(img, "copy_meta_from") and filtered is not img:
-                filtered = img.clone().copy_(filtered) if img.shape == filtered.shape else filtered
-            d[key] = filtered
+            # on the plain tensor: each of the filter's ~10 operations per step would otherwise go through
+            # MetaTensor's bookkeeping (TRUS at 256x256: 1.7 -> 0.6 ms); the metadata is copied back once
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else img
+            filtered = diffusion_filter(plain, self.iterations, self.step, self.kappa, self.mode)
+            d[key] = convert_to_dst_type(filtered, img, dtype=filtered.dtype)[0]
         return d
 
 
@@ -128,7 +131,8 @@ def _component_sizes(components: np.ndarray, n: int) -> np.ndarray:
 def fill_enclosed(region: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes(region)`` (same result: a hole is a 4-connected background region that does not
     reach the image border), by one labelling of the background instead of an iterated dilation (PH2's whole
-    post-processing at 512x512 went from 23 to 17 ms in ``scripts/bench_inference.py``)."""
+    post-processing at 512x512 went from 23 to 17 ms in ``scripts/bench_inference.py``). Returns ``region`` itself
+    when it has no hole."""
     background, n = ndimage.label(~region)
     if n == 0:
         return region
@@ -137,7 +141,19 @@ def fill_enclosed(region: np.ndarray) -> np.ndarray:
         reaches_border[side] = True
     hole = ~reaches_border
     hole[0] = False  # label 0 is ``region`` itself
-    return region | hole[background]
+    return region | hole[background] if hole.any() else region
+
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _bounding_box(region: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """Slices of the smallest box around ``region``'s pixels grown by ``margin`` on each side (within the image)."""
+    box = []
+    for axis in range(region.ndim):
+        occupied = np.flatnonzero(region.any(axis=tuple(a for a in range(region.ndim) if a != axis)))
+        box.append(slice(max(int(occupied[0]) - margin, 0), int(occupied[-1]) + margin + 1))
+    return tuple(box)
 
 
 def clean_mask(
@@ -148,6 +164,10 @@ def clean_mask(
     min_component_fraction: float = 0.0,
 ) -> np.ndarray:
     """Post-process a 2D integer label map: keep each label's largest connected component and/or fill its holes.
+
+    Each label is cleaned inside its bounding box grown by one pixel: the same components and holes as on the whole
+    image (outside the box is all background, connected to the border through the one-pixel ring), at a fraction
+    of the cost where a label covers little of the image.
 
     Args:
         mask: (X, Y) integer label map.
@@ -161,25 +181,30 @@ def clean_mask(
         return mask
     out = mask.copy()
     for value in range(1, int(num_classes)):
-        region = mask == value
-        if not region.any():
+        full = mask == value
+        if not full.any():
             continue
+        box = _bounding_box(full)
+        labelled = full[box]
+        region = labelled
         if min_component_fraction > 0:
-            components, n = ndimage.label(region, structure=np.ones((3, 3)))
+            components, n = ndimage.label(region, structure=_EIGHT_CONNECTED)
             keep = _component_sizes(components, n) >= min_component_fraction * mask.size
             keep[0] = False  # the background of ``region``
             region = keep[components]
             if not region.any():
-                out[mask == value] = 0
+                out[full] = 0
                 continue
         if keep_largest:
-            components, n = ndimage.label(region, structure=np.ones((3, 3)))
+            components, n = ndimage.label(region, structure=_EIGHT_CONNECTED)
             if n > 1:
                 region = components == (int(np.argmax(_component_sizes(components, n)[1:])) + 1)
         if fill_holes:
             region = fill_enclosed(region)
-        out[(mask == value) & ~region] = 0
-        out[region] = value
+        target = out[box]  # a view: writes go to ``out``
+        if region is not labelled:  # something was dropped or filled
+            target[labelled & ~region] = 0
+        target[region] = value  # also over a lower label's filled hole, as without the boxes
     return out
 
 
@@ -207,15 +232,16 @@ class CleanMaskd(MapTransform):
             return d
         for key in self.key_iterator(d):
             img = d[key]
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
             cleaned = clean_mask(
-                np.asarray(img.detach().cpu())[0].astype(np.int64),
+                plain.detach().cpu().numpy()[0].astype(np.int64),
                 self.num_classes,
                 self.keep_largest,
                 self.fill_holes,
                 self.min_component_fraction,
             )
             new = torch.as_tensor(cleaned[None], dtype=img.dtype, device=img.device)
-            d[key] = img.clone().copy_(new) if hasattr(img, "meta") else new
+            d[key] = convert_to_dst_type(new, img, dtype=new.dtype)[0]  # a MetaTensor keeps its metadata
         return d
 
 
@@ -226,6 +252,8 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
     over the leading axis of a contiguous tensor strides across memory (~27 ms for 2 x 512 x 512 on one core,
     0.2 ms here).
     """
+    if x.shape[0] == 2:  # foreground vs background, the common case: one comparison
+        return (x[1] > x[0]).to(x.dtype)[None]
     best, index = x[0], torch.zeros_like(x[0])
     for c in range(1, x.shape[0]):
         better = x[c] > best
@@ -245,8 +273,8 @@ class ArgmaxChanneld(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            labels = argmax_channels(torch.as_tensor(img))
-            d[key] = img[:1].clone().copy_(labels) if hasattr(img, "meta") else labels
+            labels = argmax_channels(img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img))
+            d[key] = convert_to_dst_type(labels, img, dtype=labels.dtype)[0]  # a MetaTensor keeps its metadata
         return d
 
 
