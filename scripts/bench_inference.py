@@ -8,7 +8,7 @@ Usage::
     python scripts/bench_inference.py run --bundles brain_tumor --ensemble_size 1,2   # a 2-network mean ensemble too
     python scripts/bench_inference.py run --bundles brain_tumor --tta_views 1,4       # 4-view flip TTA too
     python scripts/bench_inference.py show [--path benchmarks/results/inference_cpu.json]
-    python scripts/bench_inference.py parts [--bundle ph2_melanoma] [--out ...]   # FastResized, plain-tensor forward
+    python scripts/bench_inference.py parts [--bundle ph2_melanoma] [--out ...]   # PNG reader, FastResized, forward
 
 For each bundle (its current default network, ``spatial_size`` and ``tta_views``): a model is trained for ``epochs`` epochs on synthetic
 data at 64x64 (weights only matter for the masks being non-trivial) and exported to TorchScript and ONNX
@@ -38,8 +38,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -54,7 +56,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from lesiondata.bundles import BUNDLES_DIR, bundle_names, override_args, run_monai_bundle  # noqa: E402
+from lesiondata.bundles import BUNDLES_DIR, bundle_names, comma_list, override_args, run_monai_bundle  # noqa: E402
 from lesiondata.export import export_bundle  # noqa: E402
 from lesiondata.hardware import cpu_name  # noqa: E402
 from lesiondata.maskstats import mask_agreement  # noqa: E402
@@ -420,9 +422,13 @@ def parts(
     threads: int = 2,
     repeats: int = 30,
     out: str = str(REPO / "benchmarks" / "results" / "inference_parts_cpu.json"),
+    png_dirs: str | tuple | None = None,
 ) -> None:
-    """Two pieces of every bundle's pipeline against MONAI's own, in one run (the two sides take turns):
+    """Pieces of every bundle's pipeline against MONAI's own, in one run (the two sides take turns):
 
+    * reading a PNG (smooth RGB 256x256 and 512x512, grey 512x512, and up to ``repeats`` PNGs of each folder of
+      ``png_dirs``, e.g. a converter's ``imagesTr``): MONAI's ``LoadImage`` (its ``PILReader``) against
+      ``LoadImage(reader=FastPNGReader())`` (libspng), with whether the arrays are equal;
     * the anti-aliased resize of pre-processing: the bundles' ``FastResized`` against MONAI's ``Resized``
       (``anti_aliasing=True``, bilinear) at PH2's original size, at 512x512 and on a grey 512x512 image, with
       whether the outputs are equal;
@@ -434,8 +440,9 @@ def parts(
     sys.path.insert(0, str(BUNDLES_DIR / bundle))
     from monai.bundle import ConfigParser
     from monai.data import MetaTensor
-    from monai.transforms import Resized
+    from monai.transforms import LoadImage, Resized
 
+    from scripts.data import FastPNGReader
     from scripts.networks import use_fast_dropout
     from scripts.transforms import FastResized
     from scripts.uncertainty import sample_probabilities
@@ -455,6 +462,35 @@ def parts(
         row = {"part": f"Resized {'x'.join(map(str, shape))} -> 256x256", "equal": equal}
         row.update({f"{name}_ms": round(statistics.median(t), 2) for name, t in times.items()})
         rows.append(row)
+    # reading a PNG: MONAI's LoadImage (PILReader) against the bundles' FastPNGReader (libspng), on smooth images
+    # (upsampled noise: a PNG's compression, and so its decoding time, depends on the content)
+    folder = Path(tempfile.mkdtemp(prefix="bench_png_"))
+    pngs: dict[str, list[Path]] = {}
+    for shape in ((256, 256, 3), (512, 512, 3), (512, 512)):
+        coarse = torch.rand(1, shape[2] if len(shape) == 3 else 1, 32, 32, generator=generator)
+        smooth = torch.nn.functional.interpolate(coarse, size=shape[:2], mode="bicubic", align_corners=False)
+        pixels = (smooth[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+        path = folder / f"{'x'.join(map(str, shape))}.png"
+        Image.fromarray(pixels).save(path)
+        pngs[f"smooth {'x'.join(map(str, shape))}"] = [path]
+    for source in comma_list(png_dirs) if png_dirs else []:  # real images: up to `repeats` PNGs of each folder
+        files = sorted(Path(source).expanduser().glob("*.png"))[:repeats]
+        if not files:
+            raise FileNotFoundError(f"no PNG files in {source}: pass folders of PNGs as --png_dirs a,b")
+        first = "x".join(map(str, np.asarray(Image.open(files[0])).shape))
+        pngs[f"{Path(source).parent.name}/{Path(source).name} ({len(files)} files, first {first})"] = files
+    readers = {"monai": LoadImage(image_only=True), "fast": LoadImage(reader=FastPNGReader(), image_only=True)}
+    for label, files in pngs.items():
+        times = {name: [] for name in readers}
+        for i in range(max(repeats, len(files))):
+            path = str(files[i % len(files)])
+            for name in readers if i % 2 == 0 else list(readers)[::-1]:
+                times[name] += _times_ms(lambda t=readers[name], f=path: t(f), 1)
+        equal = all(torch.equal(readers["monai"](str(f)), readers["fast"](str(f))) for f in files)
+        row = {"part": f"LoadImage PNG {label}", "equal": equal}
+        row.update({f"{name}_ms": round(statistics.median(t), 2) for name, t in times.items()})
+        rows.append(row)
+    shutil.rmtree(folder)
     config = ConfigParser()
     config.read_config(str(BUNDLES_DIR / bundle / "configs" / "inference.json"))
     net = config.get_parsed_content("network_def").eval()
@@ -485,7 +521,7 @@ def parts(
     for row in rows:
         row["speed_up"] = round(row["monai_ms"] / row["fast_ms"], 2)
         print(
-            f"{row['part']:44s} MONAI/PyTorch {row['monai_ms']:7.2f} ms  ours {row['fast_ms']:7.2f} ms  "
+            f"{row['part']:60s} MONAI/PyTorch {row['monai_ms']:7.2f} ms  ours {row['fast_ms']:7.2f} ms  "
             f"{row['speed_up']:.2f}x  equal {row['equal']}"
         )
     meta = {
@@ -495,8 +531,8 @@ def parts(
         "torch": torch.__version__,
         "monai": monai.__version__,
         "note": "median ms, the two sides alternating in one run; "
-        "'monai': MONAI's Resized / a MetaTensor input / nn.Dropout, 'fast': FastResized / a plain tensor / "
-        "FastDropout",
+        "'monai': MONAI's PILReader / Resized / a MetaTensor input / nn.Dropout, 'fast': FastPNGReader / FastResized / "
+        "a plain tensor / FastDropout",
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"meta": meta, "results": rows}, indent=4) + "\n")

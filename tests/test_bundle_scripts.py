@@ -657,3 +657,30 @@ def test_fast_png_reader_gives_pil_readers_array_and_metadata(tmp_path: Path, fl
     assert len(decoded) == (3 if flavour in ("L", "RGB", "RGBA", "RGB interlaced") else 0)  # 1 + 2 files, no JPEG
     loaded = LoadImage(reader=FastPNGReader(), image_only=True)(str(files[0]))
     assert torch.equal(loaded, LoadImage(reader="PILReader", image_only=True)(str(files[0])))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("clip", [True, False])
+def test_fast_scale_intensity_range_is_monais_to_the_bit(dtype: torch.dtype, clip: bool) -> None:
+    """Same values, dtype and metadata as MONAI's ``ScaleIntensityRanged`` for images beyond the range, on a
+    MetaTensor and a plain tensor, with tracking on and off; a NumPy array goes through MONAI's own path."""
+    from monai.data import MetaTensor, set_track_meta
+    from monai.transforms import ScaleIntensityRanged
+
+    from scripts.transforms import FastScaleIntensityRanged
+
+    torch.manual_seed(0)
+    raw = torch.randint(0, 256, (3, 17, 29)).to(dtype)
+    kwargs = {"keys": "image", "a_min": 20.0, "a_max": 200.0, "b_min": -1.0, "b_max": 2.5, "clip": clip}
+    ours, monai_way = FastScaleIntensityRanged(**kwargs), ScaleIntensityRanged(**kwargs)
+    for track in (True, False):
+        set_track_meta(track)
+        try:
+            for img in (MetaTensor(raw.clone(), meta={"filename_or_obj": "a.png"}), raw.clone(), raw.numpy()):
+                a, b = ours({"image": img})["image"], monai_way({"image": img})["image"]
+                assert type(a) is type(b) and a.dtype == b.dtype
+                assert np.array_equal(np.asarray(a), np.asarray(b))
+                if isinstance(img, MetaTensor) and track:
+                    assert a.meta["filename_or_obj"] == b.meta["filename_or_obj"] == "a.png"
+        finally:
+            set_track_meta(True)
