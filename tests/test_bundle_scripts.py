@@ -150,6 +150,35 @@ def test_elastic_deformation_moves_image_and_label_together_and_costs_nothing_wh
     assert 70 < fired < 130  # fires with its own probability (not prob squared)
 
 
+def test_elastic_deformation_is_monais_without_its_discarded_full_size_draw() -> None:
+    """With MONAI's wasted full-size draw of offsets skipped on MONAI's own grid too, both transforms consume the
+    same random numbers and deform alike, to the bit, over several calls (with an affine part in the grid)."""
+    from monai.transforms import RandDeformGrid
+
+    torch.manual_seed(0)
+    data = {"image": torch.rand(2, 40, 56), "label": (torch.rand(1, 40, 56) > 0.5).to(torch.uint8)}
+    kwargs = {"keys": ["image", "label"], "spacing": 8, "magnitude_range": (1.0, 3.0), "mode": ["bilinear", "nearest"]}
+    kwargs |= {"rotate_range": 0.3, "scale_range": 0.1}
+    ours, reference = RandElasticd(prob=1.0, **kwargs), RandElasticd(prob=1.0, **kwargs)
+    monai_grid = RandDeformGrid(spacing=8, magnitude_range=(1.0, 3.0))
+    draws = []
+    full_size_draw = monai_grid.randomize
+
+    def only_at_control_size(grid_size):  # MONAI's first call asks for the image's (40, 56): skip it
+        draws.append(tuple(grid_size))
+        if tuple(grid_size) != (40, 56):
+            full_size_draw(grid_size)
+
+    monai_grid.randomize = only_at_control_size
+    reference.rand_2d_elastic.deform_grid = monai_grid
+    ours.set_random_state(3)
+    reference.set_random_state(3)
+    for _ in range(3):
+        a, b = ours(data), reference(data)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert draws.count((40, 56)) == 3 and len(draws) == 6  # MONAI asked for the full size each time
+
+
 def test_clean_mask_keeps_largest_component_and_fills_holes() -> None:
     mask = np.zeros((20, 30), dtype=np.int64)
     mask[2:12, 2:12] = 1

@@ -13,7 +13,15 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.networks.layers.convutils import gaussian_1d
-from monai.transforms import MapTransform, Rand2DElasticd, Resize, Resized, ScaleIntensityRange, ScaleIntensityRanged
+from monai.transforms import (
+    MapTransform,
+    Rand2DElasticd,
+    RandDeformGrid,
+    Resize,
+    Resized,
+    ScaleIntensityRange,
+    ScaleIntensityRanged,
+)
 from monai.utils import (
     convert_to_dst_type,
     convert_to_tensor,
@@ -299,9 +307,31 @@ class DropPresenced(MapTransform):
         return d
 
 
+class _ControlGridOnlyDeformGrid(RandDeformGrid):
+    """MONAI's ``RandDeformGrid`` that draws its random offsets only when it builds the grid.
+
+    ``Rand2DElasticd`` first asks its grid for offsets at the image's full size (``2 x H x W`` normal draws, 4 ms
+    at 384x384), then builds the grid, which draws them again at the control-grid size and uses only those. Here
+    the first request draws nothing; the grid's offsets and magnitude come from the same distributions.
+    """
+
+    _building = False
+
+    def randomize(self, grid_size: Sequence[int]) -> None:
+        if self._building:
+            super().randomize(grid_size)
+
+    def __call__(self, spatial_size: Sequence[int]) -> torch.Tensor:
+        self._building = True
+        try:
+            return super().__call__(spatial_size)
+        finally:
+            self._building = False
+
+
 class RandElasticd(Rand2DElasticd):
     """MONAI's ``Rand2DElasticd`` (B-spline control-grid deformation, as in the U-Net paper), skipped when it does
-    not fire.
+    not fire, without MONAI's discarded full-size draw of random offsets (:class:`_ControlGridOnlyDeformGrid`).
 
     MONAI's transform resamples through an identity grid on the images it leaves alone (about 20 ms at 384x384
     per image and key), so with ``prob`` 0 it would still slow every training sample; this one returns the data
@@ -312,6 +342,10 @@ class RandElasticd(Rand2DElasticd):
     def __init__(self, keys: KeysCollection, prob: float = 0.1, **kwargs) -> None:
         super().__init__(keys, prob=1.0, **kwargs)
         self.apply_prob = float(prob)
+        grid = self.rand_2d_elastic.deform_grid
+        lean = _ControlGridOnlyDeformGrid(grid.spacing, grid.magnitude, device=grid.device)
+        lean.R = grid.R
+        self.rand_2d_elastic.deform_grid = lean
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         if self.apply_prob <= 0.0 or self.R.rand() >= self.apply_prob:
