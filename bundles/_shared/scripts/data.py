@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import PILReader
-from monai.data.image_reader import _copy_compatible_dict, _stack_images
-from monai.utils import MetaKeys
 from PIL import Image, UnidentifiedImageError
 
 try:  # libspng's PNG decoder: the same pixels as PIL's, decoded about 1.8x faster (optional, PIL otherwise)
@@ -123,41 +121,53 @@ def list_images(input_dir: str | Path, check_files: bool = True) -> list[dict]:
 _SPNG_MODES = {"L": 1, "RGB": 3, "RGBA": 4}
 
 
-class FastPNGReader(PILReader):
-    """MONAI's ``PILReader`` (same array, same metadata) whose PNG pixels come from libspng (``pyspng``).
+class _SpngPixels:
+    """A lazily opened PIL image (header only) whose pixels ``np.asarray`` takes from libspng; every other
+    attribute is the PIL image's, so MONAI's ``PILReader.get_data`` reads its metadata unchanged."""
 
-    An image's header is read by PIL as before; where the PNG is 8-bit grey, RGB or RGBA without a transparency key, its pixels are decoded by libspng (about 1.8x faster than PIL at 256x256 and 512x512: 1.1
-    against 1.9 ms, 3.9 against 6.9 ms on an Intel Xeon); anything else (palette, 16-bit, JPEG, BMP), a missing
-    ``pyspng`` or a ``converter`` goes through PIL unchanged. ``LoadImaged(reader=...)`` keeps MONAI's default
-    readers behind this one for NIfTI and DICOM.
-    """
+    def __init__(self, image: Image.Image) -> None:
+        self._image = image
 
-    def _pixels(self, img: Image.Image) -> np.ndarray:
-        channels = _SPNG_MODES.get(img.mode)
-        if pyspng is None or img.format != "PNG" or channels is None or "transparency" in img.info:
-            return np.asarray(img)
-        if callable(self.converter) or not getattr(img, "filename", ""):  # converted, or not read from a path
-            return np.asarray(img)
-        with open(img.filename, "rb") as f:
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # NumPy would take PIL's own ``__array_interface__`` (PIL's decoding) first
+            raise AttributeError(name)
+        return getattr(self._image, name)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        image, channels = self._image, _SPNG_MODES[self._image.mode]
+        with open(image.filename, "rb") as f:
             try:
                 pixels = pyspng.load(f.read())
             except RuntimeError:  # a PNG libspng refuses (PIL may still read it, or raise its own error)
-                return np.asarray(img)
-        expected = (img.height, img.width) if channels == 1 else (img.height, img.width, channels)
-        return pixels if pixels.shape == expected and pixels.dtype == np.uint8 else np.asarray(img)
+                pixels = None
+        expected = (image.height, image.width) if channels == 1 else (image.height, image.width, channels)
+        if pixels is None or pixels.shape != expected or pixels.dtype != np.uint8:
+            pixels = np.asarray(image)  # PIL decodes (and closes its file)
+        else:
+            image.close()  # PIL's lazily opened file: its pixels are not needed
+        return pixels if dtype is None else pixels.astype(dtype)
 
-    def get_data(self, img) -> tuple[np.ndarray, dict]:
-        """``PILReader.get_data``: arrays stacked on a new first axis for several files, the first one's metadata."""
-        arrays: list[np.ndarray] = []
-        compatible_meta: dict = {}
-        for i in img if isinstance(img, (list, tuple)) else [img]:  # ``read`` opened them lazily (header only)
-            header = self._get_meta_dict(i)
-            header[MetaKeys.SPATIAL_SHAPE] = self._get_spatial_shape(i)
-            pixels = self._pixels(i)
-            data = np.moveaxis(pixels, 0, 1) if self.reverse_indexing else pixels
-            arrays.append(data)
-            header[MetaKeys.ORIGINAL_CHANNEL_DIM] = (
-                float("nan") if data.ndim == len(header[MetaKeys.SPATIAL_SHAPE]) else -1
-            )
-            _copy_compatible_dict(header, compatible_meta)
-        return _stack_images(arrays, compatible_meta), compatible_meta
+
+class FastPNGReader(PILReader):
+    """MONAI's ``PILReader`` (same array, same metadata) whose PNG pixels come from libspng (``pyspng``).
+
+    PIL reads each image's header as before; where the PNG is 8-bit grey, RGB or RGBA without a transparency key,
+    its pixels are decoded by libspng: the real 765x572 PH2 PNGs load in 10.8 against 15.0 ms (1.39x; GlaS 1.43x;
+    grey C-TRUS PNGs 1.03x) on an Intel Xeon (``python scripts/bench_inference.py parts --png_dirs ...``,
+    ``benchmarks/results/inference_parts_cpu_xeon_amx.json``). Anything else (palette, 16-bit, JPEG, BMP), a
+    missing ``pyspng`` or a ``converter`` goes through PIL unchanged. ``LoadImaged(reader=...)`` keeps MONAI's
+    default readers behind this one for NIfTI and DICOM.
+    """
+
+    def read(self, data, **kwargs):
+        images = super().read(data, **kwargs)  # PIL opens lazily: the header only
+        if isinstance(images, list):
+            return [self._fast(i) for i in images]
+        return self._fast(images)
+
+    def _fast(self, image: Image.Image):
+        if pyspng is None or callable(self.converter) or not getattr(image, "filename", ""):
+            return image  # no libspng, a converted image, or one not read from a path
+        if image.format != "PNG" or image.mode not in _SPNG_MODES or "transparency" in image.info:
+            return image
+        return _SpngPixels(image)
