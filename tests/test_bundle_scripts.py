@@ -713,3 +713,25 @@ def test_fast_scale_intensity_range_is_monais_to_the_bit(dtype: torch.dtype, cli
                     assert a.meta["filename_or_obj"] == b.meta["filename_or_obj"] == "a.png"
         finally:
             set_track_meta(True)
+
+
+def test_shades_of_grey_removes_a_colour_cast_and_leaves_grey_alone() -> None:
+    from monai.data import MetaTensor
+
+    from scripts.transforms import ColourConstancyd, shades_of_grey
+
+    torch.manual_seed(0)
+    scene = torch.rand(1, 32, 48).repeat(3, 1, 1) * 0.6  # a grey scene ...
+    cast = scene * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1)  # ... under a warm light
+    corrected = shades_of_grey(cast, 6)
+    means = corrected.mean(dim=(1, 2))
+    assert float(means.max() - means.min()) < 0.02 < float(cast.mean(dim=(1, 2)).max() - cast.mean(dim=(1, 2)).min())
+    assert torch.allclose(shades_of_grey(scene, 6), scene, atol=1e-6)  # grey light: unchanged
+    assert shades_of_grey(cast, 0) is cast and shades_of_grey(cast[:1], 6) is not None  # off; grey image
+    assert torch.equal(shades_of_grey(cast[:1], 6), cast[:1])
+    img = MetaTensor(cast, meta={"filename_or_obj": "a.png"})
+    out = ColourConstancyd("image", power=6)({"image": img})["image"]
+    assert out.meta["filename_or_obj"] == "a.png" and torch.allclose(out.as_tensor(), corrected)
+    assert ColourConstancyd("image", power=0)({"image": img})["image"] is img
+    with pytest.raises(ValueError, match="colour_constancy_power"):
+        ColourConstancyd("image", power=-1)

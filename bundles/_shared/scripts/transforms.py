@@ -449,3 +449,44 @@ class FastScaleIntensityRanged(ScaleIntensityRanged):
         super().__init__(keys, a_min, a_max, *args, **kwargs)
         s = self.scaler
         self.scaler = FastScaleIntensityRange(s.a_min, s.a_max, s.b_min, s.b_max, s.clip, s.dtype)
+
+
+def shades_of_grey(img: torch.Tensor, power: float) -> torch.Tensor:
+    """Shades-of-grey colour constancy (Finlayson & Trezzi, 2004) of a channel-first RGB image scaled to 0..1.
+
+    The illuminant of channel ``c`` is estimated as the Minkowski ``power``-mean of its intensities; each channel is
+    divided by its estimate (normalised so that a grey illuminant changes nothing) and clipped to 0..1. ``power`` 1
+    is grey-world, large powers tend to max-RGB; dermoscopy studies use 6. Images with other than 3 channels, and
+    ``power`` 0, are returned unchanged.
+    """
+    if power <= 0 or img.shape[0] != 3:
+        return img
+    x = img.float()
+    illuminant = x.clamp_min(0).pow(power).mean(dim=tuple(range(1, x.ndim))).pow(1.0 / power)
+    illuminant = illuminant / illuminant.norm().clamp_min(1e-8)
+    gains = 1.0 / (illuminant * 3**0.5).clamp_min(1e-8)
+    return (x * gains.view(-1, *([1] * (x.ndim - 1)))).clamp_(0.0, 1.0).to(img.dtype)
+
+
+class ColourConstancyd(MapTransform):
+    """Dictionary wrapper of :func:`shades_of_grey` (``power`` 0 = off, the default of every bundle but where a
+    recipe sets ``colour_constancy_power``); metadata is kept."""
+
+    def __init__(self, keys: KeysCollection, power: float = 0.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if float(power) < 0:
+            raise ValueError(
+                f"colour_constancy_power must be >= 0 (0 = off, 6 = the usual shades of grey); got {power}."
+            )
+        self.power = float(power)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.power <= 0:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+            out = shades_of_grey(plain, self.power)
+            d[key] = convert_to_dst_type(out, img, dtype=out.dtype)[0] if isinstance(img, MetaTensor) else out
+        return d
