@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .handlers import atomic_write_json
+from .transforms import plain_tensor
 
 
 def summarise(
@@ -71,12 +71,6 @@ def summarise(
     return {"image_size": [width, height], "findings": findings, "summary": summary}
 
 
-def _plain(x) -> torch.Tensor:
-    """``x`` as a plain CPU tensor (a MetaTensor's data without its bookkeeping on every operation)."""
-    x = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
-    return x.detach().cpu()
-
-
 class Findingsd(MapTransform):
     """Write ``<output_dir>/<image stem>_findings.json`` with :func:`summarise`'s result, and keep it in the data.
 
@@ -118,10 +112,10 @@ class Findingsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            mask = _plain(img).numpy()[0]
+            mask = plain_tensor(img).detach().cpu().numpy()[0]
             prob = None
             if self.prob_key and self.prob_key in d:
-                prob = _plain(d[self.prob_key]).float().numpy()
+                prob = plain_tensor(d[self.prob_key]).detach().float().cpu().numpy()
             result = summarise(mask, prob, self.labels, self._spacing(img))
             source = str(getattr(img, "meta", {}).get("filename_or_obj", ""))
             result["image"] = source

@@ -32,6 +32,17 @@ from monai.utils import (
 from scipy import ndimage
 
 
+def plain_tensor(img) -> torch.Tensor:
+    """``img``'s data as a plain tensor: a MetaTensor's without its bookkeeping (every operation on a MetaTensor
+    also updates its metadata, a cost that dominates at these image sizes), any other array as a tensor."""
+    return img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+
+
+def like_input(out: torch.Tensor, img):
+    """``out`` in ``img``'s type: a MetaTensor with ``img``'s metadata and recorded operations, else as it is."""
+    return convert_to_dst_type(out, img, dtype=out.dtype)[0]
+
+
 class EnsureChannelsd(MapTransform):
     """Make a channel-first image have exactly ``channels`` channels.
 
@@ -126,9 +137,8 @@ class DiffusionFilterd(MapTransform):
             img = d[key]
             # on the plain tensor: each of the filter's ~10 operations per step would otherwise go through
             # MetaTensor's bookkeeping (TRUS at 256x256: 1.7 -> 0.6 ms); the metadata is copied back once
-            plain = img.as_tensor() if isinstance(img, MetaTensor) else img
-            filtered = diffusion_filter(plain, self.iterations, self.step, self.kappa, self.mode)
-            d[key] = convert_to_dst_type(filtered, img, dtype=filtered.dtype)[0]
+            filtered = diffusion_filter(plain_tensor(img), self.iterations, self.step, self.kappa, self.mode)
+            d[key] = like_input(filtered, img)
         return d
 
 
@@ -241,16 +251,15 @@ class CleanMaskd(MapTransform):
             return d
         for key in self.key_iterator(d):
             img = d[key]
-            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
             cleaned = clean_mask(
-                plain.detach().cpu().numpy()[0].astype(np.int64),
+                plain_tensor(img).detach().cpu().numpy()[0].astype(np.int64),
                 self.num_classes,
                 self.keep_largest,
                 self.fill_holes,
                 self.min_component_fraction,
             )
             new = torch.as_tensor(cleaned[None], dtype=img.dtype, device=img.device)
-            d[key] = convert_to_dst_type(new, img, dtype=new.dtype)[0]  # a MetaTensor keeps its metadata
+            d[key] = like_input(new, img)
         return d
 
 
@@ -282,8 +291,7 @@ class ArgmaxChanneld(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            labels = argmax_channels(img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img))
-            d[key] = convert_to_dst_type(labels, img, dtype=labels.dtype)[0]  # a MetaTensor keeps its metadata
+            d[key] = like_input(argmax_channels(plain_tensor(img)), img)
         return d
 
 
@@ -430,7 +438,7 @@ class FastScaleIntensityRange(ScaleIntensityRange):
     def __call__(self, img):
         if not isinstance(img, torch.Tensor) or self.b_min is None or self.b_max is None or self.a_max == self.a_min:
             return super().__call__(img)
-        plain = img.as_tensor() if isinstance(img, MetaTensor) else img
+        plain = plain_tensor(img)
         compute = plain.dtype if plain.is_floating_point() else torch.get_default_dtype()  # MONAI's promotion
         out = plain.to(compute, copy=True)
         out.sub_(self.a_min).div_(self.a_max - self.a_min).mul_(self.b_max - self.b_min).add_(self.b_min)
@@ -486,7 +494,5 @@ class ColourConstancyd(MapTransform):
             return d
         for key in self.key_iterator(d):
             img = d[key]
-            plain = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-            out = shades_of_grey(plain, self.power)
-            d[key] = convert_to_dst_type(out, img, dtype=out.dtype)[0] if isinstance(img, MetaTensor) else out
+            d[key] = like_input(shades_of_grey(plain_tensor(img), self.power), img)
         return d
