@@ -10,7 +10,7 @@ import numpy as np
 from monai.data import PILReader
 from PIL import Image, UnidentifiedImageError
 
-try:  # libspng's PNG decoder: the same pixels as PIL's, decoded about 1.8x faster (optional, PIL otherwise)
+try:  # libspng's PNG decoder: the same pixels as PIL's, faster (FastPNGReader; optional, PIL otherwise)
     import pyspng
 except ImportError:  # pragma: no cover - depends on the install
     pyspng = None

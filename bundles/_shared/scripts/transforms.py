@@ -136,7 +136,7 @@ class DiffusionFilterd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             # on the plain tensor: each of the filter's ~10 operations per step would otherwise go through
-            # MetaTensor's bookkeeping (TRUS at 256x256: 1.7 -> 0.6 ms); the metadata is copied back once
+            # MetaTensor's bookkeeping; the metadata is copied back once
             filtered = diffusion_filter(plain_tensor(img), self.iterations, self.step, self.kappa, self.mode)
             d[key] = like_input(filtered, img)
         return d
@@ -318,8 +318,8 @@ class DropPresenced(MapTransform):
 class _ControlGridOnlyDeformGrid(RandDeformGrid):
     """MONAI's ``RandDeformGrid`` that draws its random offsets only when it builds the grid.
 
-    ``Rand2DElasticd`` first asks its grid for offsets at the image's full size (``2 x H x W`` normal draws, 4 ms
-    at 384x384), then builds the grid, which draws them again at the control-grid size and uses only those. Here
+    ``Rand2DElasticd`` first asks its grid for offsets at the image's full size (``2 x H x W`` normal draws, the
+    largest single cost of a firing at 384x384), then builds the grid, which draws them again at the control-grid size and uses only those. Here
     the first request draws nothing; the grid's offsets and magnitude come from the same distributions.
     """
 
@@ -431,9 +431,9 @@ class FastResized(Resized):
 
 class FastScaleIntensityRange(ScaleIntensityRange):
     """MONAI's ``ScaleIntensityRange`` (same arguments, bit-identical output) computed in place on one copy of the
-    plain tensor: MONAI's four operations each allocate a new image and go through MetaTensor's bookkeeping (an RGB
-    512x512 image took 2.9 against 0.4 ms here, mostly page faults of the fresh allocations). Anything else than
-    a tensor with ``b_min``/``b_max`` set and ``a_min != a_max`` goes to MONAI's own path."""
+    plain tensor: MONAI's four operations each allocate a new image and go through MetaTensor's bookkeeping, a
+    large share of the pre-processing of a 512x512 RGB image. Anything else than a tensor with ``b_min``/``b_max``
+    set and ``a_min != a_max`` goes to MONAI's own path."""
 
     def __call__(self, img):
         if not isinstance(img, torch.Tensor) or self.b_min is None or self.b_max is None or self.a_max == self.a_min:
