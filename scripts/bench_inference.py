@@ -477,7 +477,8 @@ def parts(
         files = sorted(Path(source).expanduser().glob("*.png"))[:repeats]
         if not files:
             raise FileNotFoundError(f"no PNG files in {source}: pass folders of PNGs as --png_dirs a,b")
-        first = "x".join(map(str, np.asarray(Image.open(files[0])).shape))
+        with Image.open(files[0]) as image:
+            first = "x".join(map(str, np.asarray(image).shape))
         pngs[f"{Path(source).parent.name}/{Path(source).name} ({len(files)} files, first {first})"] = files
     readers = {"monai": LoadImage(image_only=True), "fast": LoadImage(reader=FastPNGReader(), image_only=True)}
     for label, files in pngs.items():
