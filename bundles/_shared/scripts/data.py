@@ -135,11 +135,16 @@ class _SpngPixels:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         image, channels = self._image, _SPNG_MODES[self._image.mode]
-        with open(image.filename, "rb") as f:
-            try:
-                pixels = pyspng.load(f.read())
-            except RuntimeError:  # a PNG libspng refuses (PIL may still read it, or raise its own error)
-                pixels = None
+        if getattr(image, "fp", None) is not None:  # the file PIL opened for the header: read it once more, whole
+            image.fp.seek(0)
+            data = image.fp.read()
+        else:
+            with open(image.filename, "rb") as f:
+                data = f.read()
+        try:
+            pixels = pyspng.load(data)
+        except RuntimeError:  # a PNG libspng refuses (PIL may still read it, or raise its own error)
+            pixels = None
         expected = (image.height, image.width) if channels == 1 else (image.height, image.width, channels)
         if pixels is None or pixels.shape != expected or pixels.dtype != np.uint8:
             pixels = np.asarray(image)  # PIL decodes (and closes its file)

@@ -24,6 +24,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
 from .networks import enable_mc_dropout, has_dropout
+from .transforms import like_input, plain_tensor
 
 __all__ = [
     "UNCERTAINTY_MODES",
@@ -192,12 +193,12 @@ class FlipTTAInferer(Inferer):
         return self.base(inputs, network, *args, **kwargs)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        plain = plain_tensor(inputs)
         if self.views == 1:
             out = self._run(plain, network, *args, **kwargs)
         else:
             probs = flip_probabilities(lambda x: self._run(x, network, *args, **kwargs), plain, self.views, "tta_views")
             out = torch.log(torch.stack(probs).mean(0).clamp_min(1e-7))
         if isinstance(inputs, MetaTensor) and not isinstance(out, MetaTensor):
-            out = convert_to_dst_type(out, inputs, dtype=out.dtype)[0]
+            out = like_input(out, inputs)
         return out
