@@ -735,3 +735,36 @@ def test_shades_of_grey_removes_a_colour_cast_and_leaves_grey_alone() -> None:
     assert ColourConstancyd("image", power=0)({"image": img})["image"] is img
     with pytest.raises(ValueError, match="colour_constancy_power"):
         ColourConstancyd("image", power=-1)
+
+
+def test_hair_removal_takes_out_thin_dark_lines_and_keeps_a_lesion() -> None:
+    from monai.data import MetaTensor
+
+    from scripts.transforms import HairRemovald, remove_hair
+
+    rows, cols = torch.meshgrid(torch.arange(96.0), torch.arange(112.0), indexing="ij")
+    radius = ((rows - 48) ** 2 + (cols - 56) ** 2).sqrt()
+    skin = (0.8 - 0.5 * torch.sigmoid((28 - radius) / 1.5)).expand(3, -1, -1).clone()  # a round lesion, soft edge
+    assert torch.equal(remove_hair(skin, threshold=0.1, length=11), skin)  # no hair: nothing changes
+    hairy = skin.clone()
+    hairy[:, 10, :] = 0.1  # a horizontal hair
+    for t in range(90):  # a diagonal one, crossing the lesion
+        hairy[:, 4 + t // 2, 5 + t] = 0.15
+    hairy[:, 88:90, 60:75] = 0.2  # a short thick one
+    cleaned = remove_hair(hairy, threshold=0.1, length=11)
+    assert cleaned.shape == hairy.shape and cleaned.dtype == hairy.dtype
+    error = (cleaned - skin).abs().amax(0)
+    hair = (hairy - skin).abs().amax(0) > 0
+    assert float(error[hair & (radius > 32)].max()) < 0.02  # hair over the skin: the skin is back
+    near_hair = torch.nn.functional.max_pool2d(hair[None, None].float(), 5, 1, 2)[0, 0] > 0
+    assert float(error[~near_hair].max()) == 0.0  # the lesion and the skin away from the hairs: untouched
+    assert remove_hair(hairy, threshold=0.0) is hairy
+    assert torch.equal(remove_hair(hairy[:1], threshold=0.1), cleaned[:1])  # a grey image works the same
+    img = MetaTensor(hairy, meta={"filename_or_obj": "a.png"})
+    out = HairRemovald("image", threshold=0.1)({"image": img})["image"]
+    assert out.meta["filename_or_obj"] == "a.png" and torch.equal(out.as_tensor(), cleaned)
+    assert HairRemovald("image", threshold=0.0)({"image": img})["image"] is img
+    with pytest.raises(ValueError, match="hair_removal_threshold"):
+        HairRemovald("image", threshold=-0.1)
+    with pytest.raises(ValueError, match="hair_removal_length"):
+        HairRemovald("image", threshold=0.1, length=1)

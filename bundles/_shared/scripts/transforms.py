@@ -1,6 +1,7 @@
 """Transforms the bundles need that MONAI does not have: channel-count harmonisation, the diffusion filter, mask
 clean-up, a fast channel argmax, the presence-channel drop of a presence-gated network, an elastic deformation that
-costs nothing when it does not fire, and MONAI's anti-aliased resize with a faster Gaussian filter."""
+costs nothing when it does not fire, MONAI's anti-aliased resize with a faster Gaussian filter, colour constancy and
+hair removal."""
 
 from __future__ import annotations
 
@@ -495,4 +496,75 @@ class ColourConstancyd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             d[key] = like_input(shades_of_grey(plain_tensor(img), self.power), img)
+        return d
+
+
+_LINE_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (row, column) steps: horizontal, vertical, both diagonals
+
+
+def _line_extreme(x: torch.Tensor, step: tuple[int, int], radius: int, reduce) -> torch.Tensor:
+    """Grey dilation (``reduce`` = ``torch.maximum``) or erosion (``torch.minimum``) of ``x`` (N, C, H, W) by a line
+    of ``2 * radius + 1`` pixels along ``step``; the image's edge is repeated beyond it."""
+    height, width = x.shape[-2:]
+    dy, dx = step
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    out = None
+    for t in range(-radius, radius + 1):
+        view = padded[..., radius + dy * t : radius + dy * t + height, radius + dx * t : radius + dx * t + width]
+        out = view.clone() if out is None else reduce(out, view, out=out)
+    return out
+
+
+def remove_hair(img: torch.Tensor, threshold: float, length: int = 11) -> torch.Tensor:
+    """Remove dark hairs from a channel-first 2D image scaled to 0..1, as DullRazor does (Lee et al., 1997).
+
+    Each channel is closed (dilated, then eroded) by lines of ``length`` pixels in four directions and the
+    brightest of the four closings is kept: a structure thinner than ``length`` across in some direction, as a hair
+    is, disappears from it, while a lesion, wider than ``length`` every way, stays. Pixels where that closing is
+    brighter than the image by more than ``threshold`` (mean over the channels), grown by one pixel, are hair; they
+    take the closing's values. ``threshold`` 0 returns ``img`` unchanged.
+
+    Args:
+        img: (C, H, W) tensor.
+        threshold: black-hat contrast (0..1 intensity units) above which a pixel is hair; 0.1 finds PH2's hairs
+            and leaves the skin's texture alone at 256x256.
+        length: line length in pixels, longer than a hair is wide at the image's size (odd; 11 at 256x256).
+    """
+    if threshold <= 0:
+        return img
+    if length < 3:
+        raise ValueError(f"hair_removal_length must be at least 3 pixels, got {length}.")
+    x = img.float()[None]
+    radius = int(length) // 2
+    closing = None
+    for step in _LINE_DIRECTIONS:
+        dilated = _line_extreme(x, step, radius, torch.maximum)
+        closed = _line_extreme(dilated, step, radius, torch.minimum)
+        closing = closed if closing is None else torch.maximum(closing, closed, out=closing)
+    hair = (closing - x).mean(1, keepdim=True) > threshold
+    hair = F.max_pool2d(hair.float(), 3, stride=1, padding=1) > 0
+    return torch.where(hair, closing, x)[0].to(img.dtype)
+
+
+class HairRemovald(MapTransform):
+    """Dictionary wrapper of :func:`remove_hair` (``threshold`` 0 = off, every bundle's default but where a recipe
+    sets ``hair_removal_threshold``); metadata is kept."""
+
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 0.0, length: int = 11, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if float(threshold) < 0:
+            raise ValueError(f"hair_removal_threshold must be >= 0 (0 = off, 0.1 for PH2); got {threshold}.")
+        if float(threshold) > 0 and int(length) < 3:
+            raise ValueError(f"hair_removal_length must be at least 3 pixels, got {length}.")
+        self.threshold, self.length = float(threshold), int(length)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.threshold <= 0:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            d[key] = like_input(remove_hair(plain_tensor(img), self.threshold, self.length), img)
         return d
