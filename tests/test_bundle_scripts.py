@@ -300,6 +300,8 @@ def test_fast_argmax_equals_torch_argmax_with_ties_and_metadata(channels: int) -
     ours = ArgmaxChanneld("pred")({"pred": meta})["pred"]
     monai_way = AsDiscreted("pred", argmax=True)({"pred": meta})["pred"]
     assert torch.equal(ours.as_tensor(), monai_way.as_tensor()) and ours.meta["filename_or_obj"] == "case.png"
+    kept = ArgmaxChanneld("pred", input_keys="prob")({"pred": meta})  # the input kept under "prob", as it was
+    assert kept["prob"] is meta and torch.equal(kept["pred"].as_tensor(), ours.as_tensor())
 
 
 def test_findings_on_a_non_square_mask() -> None:
@@ -768,3 +770,38 @@ def test_hair_removal_takes_out_thin_dark_lines_and_keeps_a_lesion() -> None:
         HairRemovald("image", threshold=-0.1)
     with pytest.raises(ValueError, match="hair_removal_length"):
         HairRemovald("image", threshold=0.1, length=1)
+
+
+def test_mask_png_writer_saves_fast_and_lossless(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    from monai.data import MetaTensor
+    from monai.transforms import SaveImaged
+    from PIL import Image
+
+    from scripts.data import MaskPNGWriter, mask_writer
+
+    assert mask_writer(".png") is MaskPNGWriter and mask_writer(".PNG") is MaskPNGWriter
+    assert mask_writer(".nii.gz") is None  # MONAI picks NIfTI's writer by extension
+    levels = []
+    save = Image.Image.save
+    monkeypatch.setattr(
+        Image.Image, "save", lambda self, fp, *a, **k: levels.append(k.get("compress_level")) or save(self, fp, *a, **k)
+    )
+    mask = np.zeros((1, 40, 30), dtype=np.float32)
+    mask[0, 5:20, 8:25] = 1
+    mask[0, 25:35, 2:6] = 2
+    img = MetaTensor(torch.as_tensor(mask), meta={"filename_or_obj": str(tmp_path / "case.png")})
+    saver = SaveImaged(
+        "pred",
+        output_dir=str(tmp_path / "out"),
+        output_ext=".png",
+        output_postfix="seg",
+        output_dtype=np.uint8,
+        separate_folder=False,
+        print_log=False,
+        writer=mask_writer(".png"),
+    )
+    saver({"pred": img})
+    assert levels == [1]
+    written = np.asarray(Image.open(tmp_path / "out" / "case_seg.png"))
+    assert np.array_equal(written, mask[0].T.astype(np.uint8))  # MONAI's axis order: x first

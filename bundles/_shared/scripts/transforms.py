@@ -200,6 +200,7 @@ def clean_mask(
     if not (keep_largest or fill_holes or min_component_fraction > 0):
         return mask
     out = mask.copy()
+    filled_over = False  # whether a lower label's filled hole may have taken pixels of a higher label
     for value in range(1, int(num_classes)):
         full = mask == value
         if not full.any():
@@ -209,22 +210,31 @@ def clean_mask(
         region = labelled
         if min_component_fraction > 0:
             components, n = ndimage.label(region, structure=_EIGHT_CONNECTED)
-            keep = _component_sizes(components, n) >= min_component_fraction * mask.size
-            keep[0] = False  # the background of ``region``
-            region = keep[components]
-            if not region.any():
+            if n == 1:  # one component: its size without counting every label
+                sizes = np.array([0, np.count_nonzero(region)])
+            else:
+                sizes = _component_sizes(components, n)
+            keep = sizes >= min_component_fraction * mask.size
+            if not keep[1:].any():
                 out[full] = 0
                 continue
+            if not keep[1:].all():  # else every component stays: ``region`` is unchanged
+                keep[0] = False  # the background of ``region``
+                region = keep[components]
         if keep_largest:
             components, n = ndimage.label(region, structure=_EIGHT_CONNECTED)
             if n > 1:
                 region = components == (int(np.argmax(_component_sizes(components, n)[1:])) + 1)
         if fill_holes:
             region = fill_enclosed(region)
+        if region is labelled and not filled_over:  # nothing dropped or filled: ``out`` holds this label already
+            continue
         target = out[box]  # a view: writes go to ``out``
-        if region is not labelled:  # something was dropped or filled
+        if region is not labelled:
             target[labelled & ~region] = 0
-        target[region] = value  # also over a lower label's filled hole, as without the boxes
+        # also over a lower label's filled hole, as without the boxes
+        target[region if filled_over else region & ~labelled] = value
+        filled_over = filled_over or fill_holes
     return out
 
 
@@ -286,13 +296,27 @@ class ArgmaxChanneld(MapTransform):
 
     Equivalent to MONAI's ``AsDiscreted(argmax=True)`` (values in the input's dtype, metadata kept), computed with
     :func:`argmax_channels`.
+
+    Args:
+        keys: keys of the channel-first probabilities or logits.
+        input_keys: where to keep each key's input (the probabilities, for the findings' confidence), one name per
+            key; None keeps nothing. The input object itself is kept, not a copy: MONAI's ``CopyItemsd`` before the
+            argmax would deep-copy the probabilities and their metadata for the same result.
     """
+
+    def __init__(
+        self, keys: KeysCollection, input_keys: KeysCollection | None = None, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.input_keys = ensure_tuple_rep(input_keys, len(self.keys))
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        for key in self.key_iterator(d):
+        for key, input_key in self.key_iterator(d, self.input_keys):
             img = d[key]
             d[key] = like_input(argmax_channels(plain_tensor(img)), img)
+            if input_key is not None:
+                d[input_key] = img
         return d
 
 
