@@ -805,3 +805,25 @@ def test_mask_png_writer_saves_fast_and_lossless(tmp_path, monkeypatch) -> None:
     assert levels == [1]
     written = np.asarray(Image.open(tmp_path / "out" / "case_seg.png"))
     assert np.array_equal(written, mask[0].T.astype(np.uint8))  # MONAI's axis order: x first
+
+
+@pytest.mark.parametrize("length", [3, 5, 11, 15, 31])
+def test_line_dilation_by_doubling_equals_the_pixel_by_pixel_reduction(length: int) -> None:
+    import torch.nn.functional as F
+
+    from scripts.transforms import _LINE_DIRECTIONS, _line_extreme
+
+    torch.manual_seed(length)
+    x = torch.rand(1, 3, 37, 53)
+    radius = length // 2
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    for dy, dx in _LINE_DIRECTIONS:
+        views = [
+            padded[..., radius + dy * t : radius + dy * t + 37, radius + dx * t : radius + dx * t + 53]
+            for t in range(-radius, radius + 1)
+        ]
+        for reduce, stacked in (
+            (torch.maximum, torch.stack(views).amax(0)),
+            (torch.minimum, torch.stack(views).amin(0)),
+        ):
+            assert torch.equal(_line_extreme(x, (dy, dx), radius, reduce), stacked), (dy, dx)

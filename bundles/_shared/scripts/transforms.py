@@ -528,15 +528,35 @@ _LINE_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (row, column) steps: hor
 
 def _line_extreme(x: torch.Tensor, step: tuple[int, int], radius: int, reduce) -> torch.Tensor:
     """Grey dilation (``reduce`` = ``torch.maximum``) or erosion (``torch.minimum``) of ``x`` (N, C, H, W) by a line
-    of ``2 * radius + 1`` pixels along ``step``; the image's edge is repeated beyond it."""
-    height, width = x.shape[-2:]
+    of ``2 * radius + 1`` pixels along ``step`` (``(dy, dx)``, dy 0 or 1, dx -1, 0 or 1); the image's edge is
+    repeated beyond it.
+
+    By doubling (van Herk's idea in its simplest form): the reduction over 2, 4, 8 ... pixels along the line from
+    each pixel, then two overlapping windows cover the line: about log2(length) + 1 passes over the image instead of
+    ``length`` (11 pixels: 4 instead of 10), the same values.
+    """
     dy, dx = step
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = None
-    for t in range(-radius, radius + 1):
-        view = padded[..., radius + dy * t : radius + dy * t + height, radius + dx * t : radius + dx * t + width]
-        out = view.clone() if out is None else reduce(out, view, out=out)
-    return out
+    height, width = x.shape[-2:]
+    length = 2 * radius + 1
+    table = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    left = 0  # padded column of the table's column 0: it moves right along an anti-diagonal
+
+    def along(table: torch.Tensor, shift: int) -> torch.Tensor:  # reduce(t[j], t[j + shift * step]) where both exist
+        h, w = table.shape[-2] - shift * dy, table.shape[-1] - shift * abs(dx)
+        first = table[..., :h, (shift if dx < 0 else 0) :][..., :w]
+        second = table[..., shift * dy :, (shift if dx > 0 else 0) :][..., :h, :w]
+        return reduce(first, second)
+
+    span = 1
+    while 2 * span <= length:  # table[j]: the reduction over the ``2 * span`` pixels from j along the line
+        table = along(table, span)
+        left += span if dx < 0 else 0
+        span *= 2
+    rest = length - span  # the windows at j and j + rest * step, ``span`` pixels each, cover ``length``
+    table = along(table, rest)
+    left += rest if dx < 0 else 0
+    top, start = radius - radius * dy, radius - radius * dx - left
+    return table[..., top : top + height, start : start + width]
 
 
 def remove_hair(img: torch.Tensor, threshold: float, length: int = 11) -> torch.Tensor:
@@ -565,8 +585,10 @@ def remove_hair(img: torch.Tensor, threshold: float, length: int = 11) -> torch.
         dilated = _line_extreme(x, step, radius, torch.maximum)
         closed = _line_extreme(dilated, step, radius, torch.minimum)
         closing = closed if closing is None else torch.maximum(closing, closed, out=closing)
-    hair = (closing - x).mean(1, keepdim=True) > threshold
-    hair = F.max_pool2d(hair.float(), 3, stride=1, padding=1) > 0
+    hair = ((closing - x).mean(1, keepdim=True) > threshold).to(torch.uint8)
+    for step in _LINE_DIRECTIONS[:2]:  # grown by one pixel: a 3 x 3 square, one axis after the other
+        hair = _line_extreme(hair, step, 1, torch.maximum)
+    hair = hair.bool()
     return torch.where(hair, closing, x)[0].to(img.dtype)
 
 
