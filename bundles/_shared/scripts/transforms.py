@@ -572,7 +572,8 @@ def remove_hair(img: torch.Tensor, threshold: float, length: int = 11) -> torch.
         img: (C, H, W) tensor.
         threshold: black-hat contrast (0..1 intensity units) above which a pixel is hair; 0.1 finds PH2's hairs
             and leaves the skin's texture alone at 256x256.
-        length: line length in pixels, longer than a hair is wide at the image's size (odd; 11 at 256x256).
+        length: line length in pixels, longer than a hair is wide at the image's size (11 at 256x256; an even
+            length is taken as the next odd one).
     """
     if threshold <= 0:
         return img
