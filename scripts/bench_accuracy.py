@@ -554,6 +554,7 @@ def _merge_rows(old: list[dict], new: list[dict], keys: list[str]) -> list[dict]
 # fields of a sweep row that are results, not settings
 ROW_FIELDS = {"epochs", "train_min", "command", "commit", "dice_mean", "dice_median", "dice_worst", "jaccard_mean"}
 ROW_FIELDS |= {"pooled_dice", "pooled_jaccard", "empty_truth_cases", "empty_predicted_empty"}
+ROW_FIELDS |= {"precision"}  # what ``amp`` resolved to: a result of the run, not a recipe key
 
 
 def sweep(task: str, grid: str | dict, minutes: float = 0.0, max_epochs: int | None = None) -> None:
@@ -969,6 +970,11 @@ def promote(task: str, point: str | dict) -> None:
     }
     if len(matches) > 1:  # the same point at several epoch counts: the one of the default recipe
         matches = [r for r in matches if r["epochs"] == defaults["max_epochs"]] or matches
+    if len(matches) > 1:  # the point run again (the older row from before a key existed): the run its folder holds
+        folder = _trained_folder(task, combo, matches[0]["epochs"])
+        held = folder / "record.json" if folder else None
+        commit = json.loads(held.read_text()).get("commit") if held and held.is_file() else None
+        matches = [r for r in matches if commit is not None and r.get("commit") == commit] or matches
     work = _trained_folder(task, combo, matches[0]["epochs"]) if len(matches) == 1 else None
     if work is None:
         raise SystemExit(
@@ -991,7 +997,7 @@ def promote(task: str, point: str | dict) -> None:
         record = {
             **_work_record(task, work, row["train_min"] * 60),
             "pretrain": None,
-            "hardware": recorded.get("hardware", _hardware()),
+            "hardware": recorded.get("hardware") or _hardware(),
             "commit": row["commit"],
             "command": row["command"],
             "train_seconds_note": "from the sweep row (rounded to 0.1 min)",

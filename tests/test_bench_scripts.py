@@ -229,6 +229,7 @@ def _fake_sweep_point(
         "seed": seed,
         "epochs": epochs,
         "train_min": 20.0,
+        "precision": "fp32",  # what amp resolved to, as a sweep records it
         "command": "python sweep",
         "commit": "c",
     }
@@ -277,6 +278,18 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(sweep_di
     assert record["precision"] == "fp32" and "test cpu, trained in fp32, commit `c`" in bench._card_section(
         "ph2_melanoma"
     )
+
+    # the point run again at a later commit, beside its older row (from before a key the sweep now records): the
+    # row of the run its folder holds is promoted
+    sweep_file = results / "sweep_ph2_melanoma.json"
+    recorded = json.loads(sweep_file.read_text())
+    older = {**recorded["rows"][0], "colour_constancy_power": bench.DEFAULT, "commit": "old", "dice_mean": 0.95}
+    recorded["rows"] = [{**recorded["rows"][0], "colour_constancy_power": 0, "commit": "new"}, older]
+    sweep_file.write_text(json.dumps(recorded))
+    run = work / "sweep" / "ph2_melanoma" / bench._slug({"fill_holes": True})
+    (run / "record.json").write_text(json.dumps({**record, "commit": "new", "promoted_from": None}))
+    bench.promote("ph2_melanoma", '{"fill_holes": true}')
+    assert json.loads((results / "accuracy_ph2_melanoma.json").read_text())["commit"] == "new"
 
 
 def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs) -> None:
