@@ -52,11 +52,11 @@ levers() {
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"amp": [false], "colour_aug": [0.1]}' --max_epochs 120
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"elastic_prob": [0.5]}' --max_epochs 240
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"ema_decay": [0.99]}' --max_epochs 120
-    # seeds 0 and 1 of the default, then with colour constancy and with hair removal (neither became a default)
-    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"seed": [0, 1]}' --max_epochs 240
+    # seeds 0-2 of the default, then with colour constancy and with hair removal (neither became a default)
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"seed": [0, 1, 2]}' --max_epochs 240
     $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"colour_constancy_power": [6], "seed": [0, 1]}' --max_epochs 240
-    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"hair_removal_threshold": [0.1], "seed": [0, 1]}' --max_epochs 240
-    $PY scripts/bench_accuracy.py cases ph2_melanoma --runs sweep/ph2_melanoma/seed-0_240ep,sweep/ph2_melanoma/hair_removal_threshold-0.1_seed-0_240ep,sweep/ph2_melanoma/seed-1_240ep,sweep/ph2_melanoma/hair_removal_threshold-0.1_seed-1_240ep --name hair
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"hair_removal_threshold": [0.1], "seed": [0, 1, 2]}' --max_epochs 240
+    $PY scripts/bench_accuracy.py cases ph2_melanoma --runs sweep/ph2_melanoma/seed-0_240ep,sweep/ph2_melanoma/hair_removal_threshold-0.1_seed-0_240ep,sweep/ph2_melanoma/seed-1_240ep,sweep/ph2_melanoma/hair_removal_threshold-0.1_seed-1_240ep,sweep/ph2_melanoma/seed-2_240ep,sweep/ph2_melanoma/hair_removal_threshold-0.1_seed-2_240ep --name hair
     # GlaS / IPMN (default: 384^2, 150 epochs, bf16, colour 0.1, elastic 0.5): resolution and seeds of the
     # 50-epoch fp32 recipe; the augmentations at 50 epochs; 100 epochs without them; 100 and 150 epochs, seeds
     $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"spatial_size": [[256, 256], [384, 384], [512, 512]], "amp": [false], "colour_aug": [0.0], "elastic_prob": [0.0]}' --max_epochs 50
