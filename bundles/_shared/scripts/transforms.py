@@ -115,7 +115,30 @@ def diffusion_filter(
     return out.to(img.dtype) if torch.is_floating_point(torch.as_tensor(img)) else out
 
 
-class DiffusionFilterd(MapTransform):
+class _PlainTensorMapd(MapTransform):
+    """A dictionary transform that computes on each key's plain tensor (:func:`plain_tensor`) and copies the input's
+    metadata back once (:func:`like_input`); the data pass through untouched while :attr:`active` is false (an
+    option set to "off"). Subclasses define :meth:`apply` on a ``(C, H, W)`` tensor."""
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if not self.active:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            # on the plain tensor: each operation on a MetaTensor would otherwise go through its bookkeeping
+            d[key] = like_input(self.apply(plain_tensor(img)), img)
+        return d
+
+
+class DiffusionFilterd(_PlainTensorMapd):
     """Dictionary wrapper of :func:`diffusion_filter` (the TRUS recipe's speckle filter); iterations 0 = off."""
 
     def __init__(
@@ -130,17 +153,12 @@ class DiffusionFilterd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.iterations, self.step, self.kappa, self.mode = int(iterations), float(step), float(kappa), mode
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        if self.iterations <= 0:
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            # on the plain tensor: each of the filter's ~10 operations per step would otherwise go through
-            # MetaTensor's bookkeeping; the metadata is copied back once
-            filtered = diffusion_filter(plain_tensor(img), self.iterations, self.step, self.kappa, self.mode)
-            d[key] = like_input(filtered, img)
-        return d
+    @property
+    def active(self) -> bool:
+        return self.iterations > 0
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        return diffusion_filter(img, self.iterations, self.step, self.kappa, self.mode)
 
 
 def _component_sizes(components: np.ndarray, n: int) -> np.ndarray:
@@ -501,7 +519,7 @@ def shades_of_grey(img: torch.Tensor, power: float) -> torch.Tensor:
     return (x * gains.view(-1, *([1] * (x.ndim - 1)))).clamp_(0.0, 1.0).to(img.dtype)
 
 
-class ColourConstancyd(MapTransform):
+class ColourConstancyd(_PlainTensorMapd):
     """Dictionary wrapper of :func:`shades_of_grey` (``power`` 0 = off, the default of every bundle but where a
     recipe sets ``colour_constancy_power``); metadata is kept."""
 
@@ -513,14 +531,12 @@ class ColourConstancyd(MapTransform):
             )
         self.power = float(power)
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        if self.power <= 0:
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            d[key] = like_input(shades_of_grey(plain_tensor(img), self.power), img)
-        return d
+    @property
+    def active(self) -> bool:
+        return self.power > 0
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        return shades_of_grey(img, self.power)
 
 
 _LINE_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (row, column) steps: horizontal, vertical, both diagonals
@@ -593,7 +609,7 @@ def remove_hair(img: torch.Tensor, threshold: float, length: int = 11) -> torch.
     return torch.where(hair, closing, x)[0].to(img.dtype)
 
 
-class HairRemovald(MapTransform):
+class HairRemovald(_PlainTensorMapd):
     """Dictionary wrapper of :func:`remove_hair` (``threshold`` 0 = off, every bundle's default but where a recipe
     sets ``hair_removal_threshold``); metadata is kept."""
 
@@ -607,11 +623,9 @@ class HairRemovald(MapTransform):
             raise ValueError(f"hair_removal_length must be at least 3 pixels, got {length}.")
         self.threshold, self.length = float(threshold), int(length)
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        if self.threshold <= 0:
-            return d
-        for key in self.key_iterator(d):
-            img = d[key]
-            d[key] = like_input(remove_hair(plain_tensor(img), self.threshold, self.length), img)
-        return d
+    @property
+    def active(self) -> bool:
+        return self.threshold > 0
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        return remove_hair(img, self.threshold, self.length)
