@@ -191,6 +191,35 @@ def test_a_non_square_spatial_size_trains_without_rot90(demo_data) -> None:
     assert batch["image"].shape[2:] == (64, 48) and batch["label"].shape[2:] == (64, 48)
 
 
+def test_validation_can_score_empty_cases_and_clean_masks_as_the_evaluation_does(demo_data) -> None:
+    """``val_ignore_empty`` false scores a case with an empty truth 1 when predicted empty, else 0 (true: left out,
+    MONAI's default); ``val_postprocess`` applies the evaluation's mask cleaning (here ``min_component_fraction``)
+    before the metrics that choose the checkpoint and drive the plateau schedule. Both off: the old behaviour."""
+    common = {"dataset_dir": str(demo_data["trus_prostate"]), **SMALL, "cache_rate": 0.0}
+    truth = torch.zeros(2, 1, 32, 32)
+    truth[1, 0, 8:24, 8:24] = 1  # case 0: nothing to find; case 1: a square
+    logits = torch.zeros(2, 2, 32, 32)
+    logits[:, 0] = 1.0
+    logits[0, 1, 0:2, 0:2] = 2.0  # a 4-pixel speck on the empty case (0.4 % of the image)
+    logits[1, 1, 8:24, 8:24] = 2.0
+
+    def scores(**values) -> tuple[float, float]:
+        wf = _workflow("trus_prostate", ["train.json"], "train", min_component_fraction=0.02, **common, **values)
+        post = wf.parser.get_parsed_content("validate#postprocessing")
+        metrics = wf.parser.get_parsed_content("validate#key_metric")
+        items = [post({"pred": logits[i], "label": truth[i]}) for i in range(2)]
+        pred = torch.stack([torch.as_tensor(x["pred"]) for x in items])
+        label = torch.stack([torch.as_tensor(x["label"]) for x in items])
+        fn = metrics["val_mean_iou"].metric_fn
+        fn.reset()
+        fn(pred, label)
+        return fn.aggregate().item(), float(pred[0, 1].sum())
+
+    assert scores() == (1.0, 4.0)  # the default: the empty case is left out, the speck kept
+    assert scores(val_ignore_empty=False) == (0.5, 4.0)  # the speck on the empty case scores 0
+    assert scores(val_ignore_empty=False, val_postprocess=True) == (1.0, 0.0)  # cleaned away: scores 1
+
+
 def test_bundles_are_in_sync_with_the_template() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "sync_bundles.py"), "--check"], capture_output=True, text=True
