@@ -86,6 +86,10 @@ levers() {
     $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target presence --size 128
     $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target presence --size 256
     $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target quality --size 128
+    # the checkpoint choice (default since 2026-12-06: val_ignore_empty false + val_postprocess true) against before
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [0, 1]}' --max_epochs 60
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [true], "val_postprocess": [false], "seed": [0, 1]}' --max_epochs 60
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [false], "val_postprocess": [false], "seed": [0]}' --max_epochs 60
 }
 
 speed() {

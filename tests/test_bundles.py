@@ -215,9 +215,11 @@ def test_validation_can_score_empty_cases_and_clean_masks_as_the_evaluation_does
         fn(pred, label)
         return fn.aggregate().item(), float(pred[0, 1].sum())
 
-    assert scores() == (1.0, 4.0)  # the default: the empty case is left out, the speck kept
-    assert scores(val_ignore_empty=False) == (0.5, 4.0)  # the speck on the empty case scores 0
+    off = {"val_ignore_empty": True, "val_postprocess": False}  # the template's default
+    assert scores(**off) == (1.0, 4.0)  # the empty case is left out, the speck kept
+    assert scores(**{**off, "val_ignore_empty": False}) == (0.5, 4.0)  # the speck on the empty case scores 0
     assert scores(val_ignore_empty=False, val_postprocess=True) == (1.0, 0.0)  # cleaned away: scores 1
+    assert scores() == (1.0, 0.0)  # the TRUS bundle's default (C-TRUS has empty scans)
 
 
 def test_bundles_are_in_sync_with_the_template() -> None:
