@@ -960,8 +960,18 @@ def promote(task: str, point: str | dict) -> None:
     matches = [r for r in rows if all(_same(r.get(k), v) for k, v in combo.items())]
     others = sorted({k for r in matches for k in r if k not in ROW_FIELDS and k not in combo})
     now = _settings(task, others, [])  # the other keys must be the bundle's values now (or unrecorded)
+    # an unrecorded key (a row from before the key existed) ran the template's value, the old behaviour: such a row is
+    # the default recipe only while this bundle still has that value
+    template = json.loads((ROOT / "bundles" / "_shared" / "configs" / "train.json").read_text())
+    old_value_now = {k: k not in template or _same(template[k], now[k]) for k in others}
     matches = [
-        r for r in matches if all(r[k] in (DEFAULT, PRETRAINED) or _same(r[k], now[k]) for k in others if k in r)
+        r
+        for r in matches
+        if all(
+            r[k] == PRETRAINED or (r[k] == DEFAULT and old_value_now[k]) or _same(r[k], now[k])
+            for k in others
+            if k in r
+        )
     ]
     bundle_combo, _ = split_stage1(task, combo)
     defaults = {
@@ -983,6 +993,13 @@ def promote(task: str, point: str | dict) -> None:
             "as lists>'` first."
         )
     row = matches[0]
+    held = json.loads((work / "record.json").read_text()).get("commit") if (work / "record.json").is_file() else None
+    if held is not None and row.get("commit") not in (None, held):
+        raise SystemExit(
+            f"{task}: the sweep row of {combo} (commit {row.get('commit')}) is not the run its folder {work.name} holds "
+            f"(commit {held}): the point names another run. Give the point as that row's sweep ran it ("
+            f"{row.get('command')}), every key of its grid."
+        )
     differ = {k: (v, defaults[k]) for k, v in combo.items() if not _same(v, defaults[k])}
     if row["epochs"] != defaults["max_epochs"]:
         differ["max_epochs"] = (row["epochs"], defaults["max_epochs"])

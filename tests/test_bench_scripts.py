@@ -291,6 +291,18 @@ def test_promote_takes_a_sweep_point_only_once_it_is_the_default_recipe(sweep_di
     bench.promote("ph2_melanoma", '{"fill_holes": true}')
     assert json.loads((results / "accuracy_ph2_melanoma.json").read_text())["commit"] == "new"
 
+    # the point's folder holds another run than its only row (the row ran under another grid): refused, not mixed up
+    current = {**recorded["rows"][0], "colour_constancy_power": 0, "commit": "newer"}
+    sweep_file.write_text(json.dumps({**recorded, "rows": [current]}))
+    with pytest.raises(SystemExit, match="names another run"):
+        bench.promote("ph2_melanoma", '{"fill_holes": true}')
+    # a row from before a key existed ran the template's value: not the default recipe once the bundle sets another
+    # (PH2 keeps the largest component; the template does not)
+    stale = {**current, "keep_largest_component": bench.DEFAULT, "commit": "new"}
+    sweep_file.write_text(json.dumps({**recorded, "rows": [stale]}))
+    with pytest.raises(SystemExit, match="no single sweep row"):
+        bench.promote("ph2_melanoma", '{"fill_holes": true}')
+
 
 def test_runs_of_one_point_at_two_epoch_counts_keep_their_own_folders(sweep_dirs) -> None:
     results, work, default_epochs = sweep_dirs
