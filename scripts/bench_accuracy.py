@@ -993,7 +993,8 @@ def promote(task: str, point: str | dict) -> None:
             "as lists>'` first."
         )
     row = matches[0]
-    held = json.loads((work / "record.json").read_text()).get("commit") if (work / "record.json").is_file() else None
+    record = json.loads((work / "record.json").read_text()) if (work / "record.json").is_file() else None
+    held = record.get("commit") if record else None
     if held is not None and row.get("commit") not in (None, held):
         raise SystemExit(
             f"{task}: the sweep row of {combo} (commit {row.get('commit')}) is not the run its folder {work.name} holds "
@@ -1009,7 +1010,6 @@ def promote(task: str, point: str | dict) -> None:
             "bundles/_shared/tasks.json and run scripts/sync_bundles.py (a pretrain_<key>: PRETRAIN in "
             "scripts/bench_accuracy.py), then promote."
         )
-    record = json.loads((work / "record.json").read_text()) if (work / "record.json").is_file() else None
     if record is None:  # a run from before run folders kept their record: rebuild it from the folder + sweep row
         record = {
             **_work_record(task, work, row["train_min"] * 60),
