@@ -980,21 +980,19 @@ def promote(task: str, point: str | dict) -> None:
     }
     if len(matches) > 1:  # the same point at several epoch counts: the one of the default recipe
         matches = [r for r in matches if r["epochs"] == defaults["max_epochs"]] or matches
-    if len(matches) > 1:  # the point run again (the older row from before a key existed): the run its folder holds
-        folder = _trained_folder(task, combo, matches[0]["epochs"])
-        held = folder / "record.json" if folder else None
-        commit = json.loads(held.read_text()).get("commit") if held and held.is_file() else None
-        matches = [r for r in matches if commit is not None and r.get("commit") == commit] or matches
-    work = _trained_folder(task, combo, matches[0]["epochs"]) if len(matches) == 1 else None
-    if work is None:
+    # the run the point's folder holds (its record names the commit it ran at) decides between rows of the point
+    work = _trained_folder(task, combo, matches[0]["epochs"]) if matches else None
+    record = json.loads((work / "record.json").read_text()) if work and (work / "record.json").is_file() else None
+    held = record.get("commit") if record else None
+    if len(matches) > 1 and held is not None:  # the point run again (the older row from before a key existed)
+        matches = [r for r in matches if r.get("commit") == held] or matches
+    if work is None or len(matches) != 1:
         raise SystemExit(
             f"no single sweep row with its run folder for {combo} ({len(matches)} rows in {sweep_file.name}; folders "
             f"under {WORK / 'sweep' / task}): run `python scripts/bench_accuracy.py sweep {task} --grid '<the point "
             "as lists>'` first."
         )
     row = matches[0]
-    record = json.loads((work / "record.json").read_text()) if (work / "record.json").is_file() else None
-    held = record.get("commit") if record else None
     if held is not None and row.get("commit") not in (None, held):
         raise SystemExit(
             f"{task}: the sweep row of {combo} (commit {row.get('commit')}) is not the run its folder {work.name} holds "
