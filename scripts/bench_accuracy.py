@@ -685,6 +685,16 @@ def _card_section(task: str) -> str:
         *(
             [
                 "",
+                f"Which way the errors lean, pooled over the split: {c['false_positive_fraction']:.1%} of the truth's "
+                f"area predicted outside it (false positives), {c['false_negative_fraction']:.1%} of it missed (false "
+                "negatives).",
+            ]
+            if "false_positive_fraction" in c
+            else []
+        ),
+        *(
+            [
+                "",
                 f"The checkpoint is epoch {r['checkpoint_epoch']} of {r['epochs']}, kept for the best validation mean "
                 "IoU on these same fold-0 cases, so the figures lean optimistic by the selection: on the training's "
                 f"resized grid that epoch scored Dice {r['best_val_dice_resized']:.4f}, the last epoch "

@@ -29,6 +29,7 @@ from scripts.transforms import (  # noqa: E402
     clean_mask,
     diffusion_filter,
     fill_enclosed,
+    threshold_channels,
 )
 from scripts.uncertainty import FlipTTAInferer  # noqa: E402
 
@@ -304,6 +305,24 @@ def test_fast_argmax_equals_torch_argmax_with_ties_and_metadata(channels: int) -
     assert kept["prob"] is meta and torch.equal(kept["pred"].as_tensor(), ours.as_tensor())
 
 
+def test_foreground_threshold_trims_or_grows_the_mask_and_keeps_the_class() -> None:
+    # two classes: the threshold applies to the foreground probability; 0.5 is the argmax
+    fg = torch.tensor([[0.2, 0.45, 0.55, 0.7, 0.9]])
+    probs = torch.stack([1 - fg, fg])
+    assert threshold_channels(probs, 0.5).tolist() == argmax_channels(probs).tolist() == [[[0, 0, 1, 1, 1]]]
+    assert threshold_channels(probs, 0.6).tolist() == [[[0, 0, 0, 1, 1]]]
+    assert threshold_channels(probs, 0.4).tolist() == [[[0, 1, 1, 1, 1]]]
+    # three classes: foreground where 1 - p(background) passes, labelled with the likelier foreground class
+    probs3 = torch.tensor([[0.5, 0.7, 0.2], [0.3, 0.1, 0.3], [0.2, 0.2, 0.5]])[..., None]  # (C=3, 3 pixels, 1)
+    assert argmax_channels(probs3)[0, :, 0].tolist() == [0, 0, 2]
+    assert threshold_channels(probs3, 0.45)[0, :, 0].tolist() == [1, 0, 2]  # pixel 0: 0.5 foreground, class 1
+    assert threshold_channels(probs3, 0.9)[0, :, 0].tolist() == [0, 0, 0]
+    out = ArgmaxChanneld("pred", threshold=0.6)({"pred": probs})["pred"]
+    assert out.tolist() == [[[0, 0, 0, 1, 1]]]
+    with pytest.raises(ValueError, match="foreground_threshold 1.5 must lie strictly between 0 and 1"):
+        ArgmaxChanneld("pred", threshold=1.5)
+
+
 def test_findings_on_a_non_square_mask() -> None:
     # MONAI's reverse-indexed order: axis 0 is x (width 40), axis 1 is y (height 30)
     mask = np.zeros((40, 30), dtype=np.int64)
@@ -332,6 +351,11 @@ def test_true_scores_and_empty_cases() -> None:
     assert summary["dice_nonempty"]["n"] == 1 and summary["dice_all"]["n"] == 2
     assert summary["empty_truth_cases"] == 1 and summary["empty_predicted_empty"] == 1
     assert summary["pooled_dice"] == pytest.approx(32 / 36)
+    assert summary["false_positive_fraction"] == 0.0 and summary["false_negative_fraction"] == pytest.approx(4 / 20)
+    grown = truth.copy()
+    grown[4, 0:5] = 1  # 5 px outside the truth, none missed
+    over = summarise_scores({"a": image_scores(truth, grown, 2)}, 2)["classes"]["1"]
+    assert over["false_positive_fraction"] == pytest.approx(5 / 20) and over["false_negative_fraction"] == 0.0
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> None:

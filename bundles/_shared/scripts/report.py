@@ -123,6 +123,10 @@ def summarise_scores(per_image: dict[str, dict[str, dict]], num_classes: int) ->
             "dice_all": _stats([r["dice"] for r in rows]),
             "pooled_dice": 2 * tp / denom if denom else 1.0,
             "pooled_jaccard": tp / (tp + fp + fn) if denom else 1.0,
+            # which way the errors lean: pixels predicted outside the truth, and truth pixels missed, each as a
+            # fraction of the truth's area over the split (a model that over-segments has the first larger)
+            "false_positive_fraction": fp / (tp + fn) if tp + fn else float(fp > 0),
+            "false_negative_fraction": fn / (tp + fn) if tp + fn else 0.0,
             "empty_truth_cases": len(empty),
             "empty_predicted_empty": sum(r["pred_empty"] for r in empty),
         }
@@ -157,10 +161,13 @@ def write_report(
     summary = summarise_scores(per_image, num_classes)
     with (out / "per_image.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "class", "dice", "jaccard", "truth_empty", "pred_empty"])
+        writer.writerow(["image", "class", "dice", "jaccard", "truth_empty", "pred_empty", "tp", "fp", "fn"])
         for name, scores in per_image.items():
             for c, r in scores.items():
-                writer.writerow([name, c, f"{r['dice']:.6f}", f"{r['jaccard']:.6f}", r["truth_empty"], r["pred_empty"]])
+                writer.writerow(
+                    [name, c, f"{r['dice']:.6f}", f"{r['jaccard']:.6f}", r["truth_empty"], r["pred_empty"]]
+                    + [r["tp"], r["fp"], r["fn"]]
+                )
     cm_path = out / "confusion_matrix.json"
     if cm_path.is_file():
         plot_confusion(json.loads(cm_path.read_text())["matrix"], labels, out / "confusion_matrix.png")

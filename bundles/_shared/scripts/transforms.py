@@ -309,30 +309,58 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
     return index[None]
 
 
+def threshold_channels(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Label map ``(1, ...)`` from channel-first probabilities ``(C, ...)`` (channel 0 the background): a pixel is
+    foreground where ``1 - x[0] > threshold``, and takes the most probable foreground channel there.
+
+    With two channels this is ``x[1] > threshold``; ``threshold`` 0.5 then gives the argmax (ties aside). Above 0.5
+    it trims the rim a model over-segments, below it grows the mask. Probabilities only: on logits the threshold
+    means nothing.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"foreground threshold {threshold} must lie strictly between 0 and 1 (0.5 = the argmax).")
+    if x.shape[0] == 2:
+        return (x[1] > threshold).to(x.dtype)[None]
+    labels = argmax_channels(x[1:]) + 1
+    return torch.where(1 - x[0:1] > threshold, labels, torch.zeros_like(labels))
+
+
 class ArgmaxChanneld(MapTransform):
     """Dictionary transform: channel-first probabilities or logits ``(C, ...)`` -> label map ``(1, ...)``.
 
     Equivalent to MONAI's ``AsDiscreted(argmax=True)`` (values in the input's dtype, metadata kept), computed with
-    :func:`argmax_channels`.
+    :func:`argmax_channels`; with a ``threshold``, :func:`threshold_channels` instead.
 
     Args:
         keys: keys of the channel-first probabilities or logits.
         input_keys: where to keep each key's input (the probabilities, for the findings' confidence), one name per
             key; None keeps nothing. The input object itself is kept, not a copy: MONAI's ``CopyItemsd`` before the
             argmax would deep-copy the probabilities and their metadata for the same result.
+        threshold: None for the argmax; else the foreground probability a pixel must exceed (the bundles'
+            ``foreground_threshold``). The input must then be probabilities (after the softmax).
     """
 
     def __init__(
-        self, keys: KeysCollection, input_keys: KeysCollection | None = None, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        input_keys: KeysCollection | None = None,
+        threshold: float | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.input_keys = ensure_tuple_rep(input_keys, len(self.keys))
+        if threshold is not None and not 0.0 < float(threshold) < 1.0:
+            raise ValueError(
+                f"foreground_threshold {threshold} must lie strictly between 0 and 1, or be null for the argmax."
+            )
+        self.threshold = None if threshold is None else float(threshold)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key, input_key in self.key_iterator(d, self.input_keys):
             img = d[key]
-            d[key] = like_input(argmax_channels(plain_tensor(img)), img)
+            x = plain_tensor(img)
+            d[key] = like_input(argmax_channels(x) if self.threshold is None else threshold_channels(x, self.threshold), img)
             if input_key is not None:
                 d[input_key] = img
         return d
