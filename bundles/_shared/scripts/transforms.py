@@ -360,7 +360,9 @@ class ArgmaxChanneld(MapTransform):
         for key, input_key in self.key_iterator(d, self.input_keys):
             img = d[key]
             x = plain_tensor(img)
-            d[key] = like_input(argmax_channels(x) if self.threshold is None else threshold_channels(x, self.threshold), img)
+            d[key] = like_input(
+                argmax_channels(x) if self.threshold is None else threshold_channels(x, self.threshold), img
+            )
             if input_key is not None:
                 d[input_key] = img
         return d
