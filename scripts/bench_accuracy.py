@@ -51,10 +51,17 @@ def _hardware() -> str:
 
 
 def _commit() -> str:
-    """The checkout's commit, ``-dirty`` when tracked files differ from it (a run's settings are those of its start:
-    take this before training, as the bundle files may change while it runs)."""
-    cmd = ["git", "describe", "--always", "--dirty", "--abbrev=7", "--match", "NO-TAGS"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    """The checkout's commit, ``-dirty`` when tracked files other than the benchmarks' own results differ from it (a
+    run's settings are those of its start: take this before training, as the bundle files may change while it runs;
+    a record written a moment earlier by the same command does not make the code that runs next dirty)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head}-dirty" if changed else head
 
 
 def check_split(task: str, dataset_dir: Path, fold: int = 0) -> list[str]:

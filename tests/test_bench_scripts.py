@@ -582,3 +582,24 @@ def test_per_case_comparison_finds_the_case_that_moves_the_means(tmp_path: Path,
     assert "| IMD2 | 0.900 | 0.400 | 0.500 |" in markdown and "EMPTY" not in markdown
     with pytest.raises(SystemExit, match="two or more"):
         bench.cases("ph2_melanoma", "a")
+
+
+def test_commit_stamp_is_dirty_for_code_changes_not_for_the_benchmarks_own_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``evaluate --tasks all`` writes one record, then evaluates the next task: the record just written must not mark
+    the next evaluation's code as changed, while an edited bundle or script must."""
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "accuracy_x.json").write_text("{}\n")
+    (tmp_path / "train.json").write_text("{}\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert bench._commit() == head
+    (tmp_path / "benchmarks" / "results" / "accuracy_x.json").write_text('{"summary": 1}\n')
+    assert bench._commit() == head
+    (tmp_path / "train.json").write_text('{"max_epochs": 2}\n')
+    assert bench._commit() == f"{head}-dirty"
