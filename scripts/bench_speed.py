@@ -25,6 +25,7 @@ without native bf16, where ``--amp True`` trains in fp32: run it there with ``--
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -258,8 +259,11 @@ def _record_name(task: str, device_type: str) -> str:
     return f"speed_{task}_cpu" if cpu_supports_bf16() else f"speed_{task}_cpu_nobf16"
 
 
-def _bundle(task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path) -> dict:
+def _bundle(
+    task: str, dataset_dir: Path, epochs: int, seed: int, amp: bool, work: Path, keys: dict | None = None
+) -> dict:
     overrides = {
+        **(keys or {}),
         "dataset_dir": str(dataset_dir),
         "ckpt_dir": str(work),
         "output_dir": str(work / "eval"),
@@ -304,6 +308,7 @@ def run(
     amp: str = "False,True",
     dataset_dir: str = "",
     baseline_dropout: str = "plain",
+    variants: str | dict = "",
     record: str = "",
 ) -> None:
     """Baseline vs bundle (once per ``amp`` value: ``False`` = the bundle in fp32, ``True`` = bf16/fp16 AMP) for
@@ -312,6 +317,9 @@ def run(
     ``baseline_dropout``: ``plain`` (default) trains the baseline with PyTorch's ``nn.Dropout``, as the seeds did
     with MONAI's networks; ``plain,fast`` also trains it with the bundles' ``FastDropout`` in the same run
     (``baseline_fastdrop_*`` columns and ``*_speedup_vs_fastdrop``), to show how much of the ratio that layer is.
+    ``variants``: other bundle settings timed in the same run, beside the bundle as shipped, as JSON
+    ``{"name": {"key": value, ...}}`` (e.g. ``'{"threadloader": {"thread_loader": true}}'``): each adds
+    ``bundle_<amp>_<name>`` columns, so a loading option is compared with the default on the same seeds and machine.
     ``record``: the file stem under ``benchmarks/results/`` (default ``speed_<task>_<device>``), to keep a record of
     another CPU model beside the existing ones (e.g. ``speed_ph2_melanoma_cpu_xeon``)."""
     import torch
@@ -323,6 +331,12 @@ def run(
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
     amps = [a.lower() == "true" for a in comma_list(amp)]
+    extra = json.loads(variants) if isinstance(variants, str) and variants else dict(variants or {})
+    if any(not isinstance(v, dict) or not k.isidentifier() for k, v in extra.items()):
+        raise SystemExit(
+            f'--variants {variants!r}: give JSON {{"name": {{"bundle_key": value}}}}, names as identifiers'
+        )
+    settings = [("", {}), *extra.items()]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
@@ -337,9 +351,9 @@ def run(
                 base = json.loads(out.read_text())
                 row[f"{key}_epoch_s"] = round(statistics.median(base["epoch_seconds"]), 3)
                 row[f"{key}_val_dice"] = round(base["val_dice"], 4)
-            for use_amp in amps:
-                tag = "bundle_amp" if use_amp else "bundle_fp32"
-                fast = _bundle(task, dataset_dir, epochs, seed, use_amp, Path(tmp) / f"{tag}_{seed}")
+            for use_amp, (variant, keys) in itertools.product(amps, settings):
+                tag = ("bundle_amp" if use_amp else "bundle_fp32") + (f"_{variant}" if variant else "")
+                fast = _bundle(task, dataset_dir, epochs, seed, use_amp, Path(tmp) / f"{tag}_{seed}", keys)
                 f = statistics.median(fast["epoch_seconds"])
                 row.update({f"{tag}_epoch_s": round(f, 3), f"{tag}_speedup": round(row["baseline_epoch_s"] / f, 2)})
                 if "baseline_fastdrop_epoch_s" in row:
@@ -348,7 +362,10 @@ def run(
             rows.append(row)
             print(json.dumps(row), flush=True)
     mean = {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0] if k != "seed"}
-    tags = ["bundle_fp32" if not a else "bundle_amp" for a in amps]
+    tags = [
+        ("bundle_amp" if a else "bundle_fp32") + (f"_{v}" if v else "")
+        for a, (v, _) in itertools.product(amps, settings)
+    ]
     header = "| seed | baseline s/epoch | baseline val Dice | " + " | ".join(
         f"{t} s/epoch | {t} speed-up | {t} val Dice" for t in tags
     )
@@ -384,6 +401,7 @@ def run(
     )
     command += f" --amp {','.join(str(a) for a in amps)}"
     command += f" --baseline_dropout {','.join(dropouts)}" if dropouts != ["plain"] else ""
+    command += f" --variants '{json.dumps(extra)}'" if extra else ""
     command += f" --record {record}" if record else ""
     payload = {
         "task": task,
@@ -393,6 +411,7 @@ def run(
         "mean": mean,
         "dice_gap_vs_baseline": {t: round(mean[f"{t}_val_dice"] - mean["baseline_val_dice"], 4) for t in tags},
         "baseline_dropout": dropouts,
+        "variants": extra,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -483,6 +483,36 @@ def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(dem
     assert plain.keys() == tracked.keys() and all(torch.equal(plain[k], tracked[k]) for k in plain)
 
 
+def test_gpu_loading_path_trains_the_same_weights_where_it_can_run(demo_data, tmp_path: Path) -> None:
+    """On CUDA the bundles cache the items on the GPU (``cache_on_device``: the last load transform moves them) and
+    feed them through MONAI's ``ThreadDataLoader`` with no worker processes (``thread_loader``), MONAI's fast-training
+    recipe. Both keys are off on a CPU; switched on here (``device`` cpu) the same weights must come out, so the
+    path is the same training, only fed differently. No GPU here: the move to CUDA itself is not exercised."""
+    from bundle_utils import train
+    from monai.data import ThreadDataLoader
+    from monai.engines import SupervisedTrainer
+
+    loaders: list[str] = []
+    original = SupervisedTrainer.run
+
+    def spy(self):
+        loaders.append(type(self.data_loader).__name__)
+        return original(self)
+
+    def trained(folder: str, **keys) -> dict:
+        ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, amp=False, **keys)
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+    SupervisedTrainer.run = spy
+    try:
+        plain = trained("plain")
+        fed = trained("threaded", thread_loader=True, cache_on_device=True)
+    finally:
+        SupervisedTrainer.run = original
+    assert loaders == ["DataLoader", ThreadDataLoader.__name__], loaders
+    assert plain.keys() == fed.keys() and all(torch.equal(plain[k], fed[k]) for k in plain)
+
+
 def test_augmentation_never_changes_the_cached_items(demo_data) -> None:
     """On a CPU the training loader has no worker processes (``num_workers`` resolves to 0), so the random
     transforms run on the ``CacheDataset``'s own items (``copy_cache: false``): none may change them in place,
