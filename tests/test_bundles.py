@@ -431,27 +431,33 @@ def test_presence_head_trains_evaluates_and_gates_inference(demo_data, tmp_path:
     )
 
 
-def test_ema_decay_trains_and_saves_the_averaged_weights(demo_data, tmp_path: Path) -> None:
-    """``--ema_decay``: the saved best model is the moving average, not the training weights (training itself is
-    deterministic, so two plain runs agree and the averaged one differs)."""
+@pytest.fixture
+def trained(demo_data, tmp_path: Path):
+    """``trained(folder, **keys)``: the best checkpoint's weights of a 2-epoch PH2 training on the demo data in
+    ``tmp_path / folder``, with bundle ``keys`` overridden. fp32 fixed: with amp true a CPU with native bf16 picks
+    the precision by timing, which may differ per run."""
     from bundle_utils import train
 
-    def trained(folder: str, **keys) -> dict:
-        # fp32 fixed: with amp true a CPU with native bf16 picks the precision by timing, which may differ per run
+    def run(folder: str, **keys) -> dict:
         ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, amp=False, **keys)
         return torch.load(ckpt, map_location="cpu", weights_only=True)
 
+    return run
+
+
+def test_ema_decay_trains_and_saves_the_averaged_weights(trained) -> None:
+    """``--ema_decay``: the saved best model is the moving average, not the training weights (training itself is
+    deterministic, so two plain runs agree and the averaged one differs)."""
     plain, again, averaged = trained("plain"), trained("again"), trained("ema", ema_decay=0.9)
     assert plain.keys() == again.keys() == averaged.keys()
     assert all(torch.equal(plain[k], again[k]) for k in plain)
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
 
 
-def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(demo_data, tmp_path: Path) -> None:
+def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(trained) -> None:
     """With every item cached, the trainer turns MONAI's metadata tracking off while it runs (the augmentation then
     skips ``MetaTensor`` bookkeeping) and back on afterwards; the weights it trains are the same as with tracking on.
     With items loaded during training it keeps tracking on (``EnsureChannelFirstd`` needs it)."""
-    from bundle_utils import train
     from monai.data import MetaTensor, get_track_meta
     from monai.engines import SupervisedTrainer
 
@@ -461,10 +467,6 @@ def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(dem
     def spy(self, engine, batchdata):
         seen.append((get_track_meta(), isinstance(batchdata["image"], MetaTensor)))
         return original(self, engine, batchdata)
-
-    def trained(folder: str, **keys) -> dict:
-        ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, amp=False, **keys)
-        return torch.load(ckpt, map_location="cpu", weights_only=True)
 
     SupervisedTrainer._iteration = spy
     try:
@@ -483,12 +485,11 @@ def test_training_runs_without_metadata_tracking_and_trains_the_same_weights(dem
     assert plain.keys() == tracked.keys() and all(torch.equal(plain[k], tracked[k]) for k in plain)
 
 
-def test_gpu_loading_path_trains_the_same_weights_where_it_can_run(demo_data, tmp_path: Path) -> None:
+def test_gpu_loading_path_trains_the_same_weights_where_it_can_run(trained) -> None:
     """On CUDA the bundles cache the items on the GPU (``cache_on_device``: the last load transform moves them) and
     feed them through MONAI's ``ThreadDataLoader`` with no worker processes (``thread_loader``), MONAI's fast-training
     recipe. Both keys are off on a CPU; switched on here (``device`` cpu) the same weights must come out, so the
     path is the same training, only fed differently. No GPU here: the move to CUDA itself is not exercised."""
-    from bundle_utils import train
     from monai.data import ThreadDataLoader
     from monai.engines import SupervisedTrainer
 
@@ -498,10 +499,6 @@ def test_gpu_loading_path_trains_the_same_weights_where_it_can_run(demo_data, tm
     def spy(self):
         loaders.append(type(self.data_loader).__name__)
         return original(self)
-
-    def trained(folder: str, **keys) -> dict:
-        ckpt = train("ph2_melanoma", demo_data["ph2_melanoma"], tmp_path / folder, epochs=2, amp=False, **keys)
-        return torch.load(ckpt, map_location="cpu", weights_only=True)
 
     SupervisedTrainer.run = spy
     try:
