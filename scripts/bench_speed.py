@@ -336,7 +336,11 @@ def run(
         raise SystemExit(
             f'--variants {variants!r}: give JSON {{"name": {{"bundle_key": value}}}}, names as identifiers'
         )
-    settings = [("", {}), *extra.items()]
+    # (column tag, amp, bundle keys) of every bundle run per seed: the shipped bundle, then each variant
+    runs = [
+        (("bundle_amp" if use_amp else "bundle_fp32") + (f"_{variant}" if variant else ""), use_amp, keys)
+        for use_amp, (variant, keys) in itertools.product(amps, [("", {}), *extra.items()])
+    ]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
@@ -351,8 +355,7 @@ def run(
                 base = json.loads(out.read_text())
                 row[f"{key}_epoch_s"] = round(statistics.median(base["epoch_seconds"]), 3)
                 row[f"{key}_val_dice"] = round(base["val_dice"], 4)
-            for use_amp, (variant, keys) in itertools.product(amps, settings):
-                tag = ("bundle_amp" if use_amp else "bundle_fp32") + (f"_{variant}" if variant else "")
+            for tag, use_amp, keys in runs:
                 fast = _bundle(task, dataset_dir, epochs, seed, use_amp, Path(tmp) / f"{tag}_{seed}", keys)
                 f = statistics.median(fast["epoch_seconds"])
                 row.update({f"{tag}_epoch_s": round(f, 3), f"{tag}_speedup": round(row["baseline_epoch_s"] / f, 2)})
@@ -362,10 +365,7 @@ def run(
             rows.append(row)
             print(json.dumps(row), flush=True)
     mean = {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0] if k != "seed"}
-    tags = [
-        ("bundle_amp" if a else "bundle_fp32") + (f"_{v}" if v else "")
-        for a, (v, _) in itertools.product(amps, settings)
-    ]
+    tags = [tag for tag, _, _ in runs]
     header = "| seed | baseline s/epoch | baseline val Dice | " + " | ".join(
         f"{t} s/epoch | {t} speed-up | {t} val Dice" for t in tags
     )

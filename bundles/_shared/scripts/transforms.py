@@ -309,6 +309,16 @@ def argmax_channels(x: torch.Tensor) -> torch.Tensor:
     return index[None]
 
 
+def checked_threshold(threshold: float | None) -> float | None:
+    """A ``foreground_threshold`` as a float (None stays None, the argmax); outside (0, 1) it is refused."""
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
+        raise ValueError(
+            f"foreground_threshold {threshold} must lie strictly between 0 and 1 (0.5 = the argmax), or be null for "
+            "the argmax."
+        )
+    return None if threshold is None else float(threshold)
+
+
 def threshold_channels(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Label map ``(1, ...)`` from channel-first probabilities ``(C, ...)`` (channel 0 the background): a pixel is
     foreground where ``1 - x[0] > threshold``, and takes the most probable foreground channel there.
@@ -317,8 +327,7 @@ def threshold_channels(x: torch.Tensor, threshold: float) -> torch.Tensor:
     it trims the rim a model over-segments, below it grows the mask. Probabilities only: on logits the threshold
     means nothing.
     """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"foreground threshold {threshold} must lie strictly between 0 and 1 (0.5 = the argmax).")
+    threshold = checked_threshold(threshold)
     if x.shape[0] == 2:
         return (x[1] > threshold).to(x.dtype)[None]
     labels = argmax_channels(x[1:]) + 1
@@ -349,11 +358,7 @@ class ArgmaxChanneld(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.input_keys = ensure_tuple_rep(input_keys, len(self.keys))
-        if threshold is not None and not 0.0 < float(threshold) < 1.0:
-            raise ValueError(
-                f"foreground_threshold {threshold} must lie strictly between 0 and 1, or be null for the argmax."
-            )
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = checked_threshold(threshold)  # refused here, when the config is parsed, not per image
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
