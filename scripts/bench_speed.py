@@ -327,15 +327,15 @@ def run(
     dropouts = comma_list(baseline_dropout)
     if not dropouts or dropouts[0] != "plain" or not set(dropouts) <= {"plain", "fast"}:
         raise SystemExit(f"--baseline_dropout {baseline_dropout!r}: use plain or plain,fast")
+    extra = json.loads(variants) if isinstance(variants, str) and variants else variants or {}
+    if not isinstance(extra, dict) or any(not isinstance(v, dict) or not k.isidentifier() for k, v in extra.items()):
+        raise SystemExit(
+            f'--variants {variants!r}: give JSON {{"name": {{"bundle_key": value}}}}, names as identifiers'
+        )
     dataset_dir = Path(dataset_dir).resolve() if dataset_dir else ROOT / "data" / "prepared" / DATASETS[task]
     if not (dataset_dir / "datalist.json").is_file():
         raise SystemExit(f"{dataset_dir} not prepared: run scripts/convert.py on ../shared/data first (see README).")
     amps = [a.lower() == "true" for a in comma_list(amp)]
-    extra = json.loads(variants) if isinstance(variants, str) and variants else dict(variants or {})
-    if any(not isinstance(v, dict) or not k.isidentifier() for k, v in extra.items()):
-        raise SystemExit(
-            f'--variants {variants!r}: give JSON {{"name": {{"bundle_key": value}}}}, names as identifiers'
-        )
     # (column tag, amp, bundle keys) of every bundle run per seed: the shipped bundle, then each variant
     runs = [
         (("bundle_amp" if use_amp else "bundle_fp32") + (f"_{variant}" if variant else ""), use_amp, keys)

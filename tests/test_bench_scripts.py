@@ -136,6 +136,10 @@ def test_speed_baseline_dropout_is_plain_or_fast(tmp_path: Path) -> None:
     run = [sys.executable, str(ROOT / "scripts" / "bench_speed.py"), "run", "--baseline_dropout", "fast"]
     result = subprocess.run([*run, "--dataset_dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "use plain or plain,fast" in result.stderr  # the seeds' baseline comes first
+    result = subprocess.run(
+        [*run[:3], "--variants", "[1]", "--dataset_dir", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and '--variants [1]: give JSON {"name": {"bundle_key": value}}' in result.stderr
     sys.path.insert(0, str(ROOT / "scripts"))
     from lesiondata.hardware import cpu_name
 
