@@ -87,9 +87,20 @@ levers() {
     $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target presence --size 256
     $PY scripts/bench_empty_cases.py classifier --task trus_prostate --target quality --size 128
     # the checkpoint choice (default since 2026-12-06: val_ignore_empty false + val_postprocess true) against before
-    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"seed": [0, 1]}' --max_epochs 60
-    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [true], "val_postprocess": [false], "seed": [0, 1]}' --max_epochs 60
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [false], "val_postprocess": [true], "seed": [0, 1, 2]}' --max_epochs 60
+    $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [true], "val_postprocess": [false], "seed": [0, 1, 2]}' --max_epochs 60
     $PY scripts/bench_accuracy.py sweep trus_prostate --grid '{"val_ignore_empty": [false], "val_postprocess": [false], "seed": [0]}' --max_epochs 60
+    # the same checkpoint choice on PH2 and IPMN (left off there)
+    $PY scripts/bench_accuracy.py sweep ph2_melanoma --grid '{"val_postprocess": [true], "seed": [0, 1]}' --max_epochs 240
+    $PY scripts/bench_accuracy.py sweep ipmn_histology --grid '{"val_postprocess": [true], "seed": [0, 1]}' --max_epochs 150
+    # a foreground probability threshold on the records' checkpoints (every bundle keeps the argmax)
+    $PY scripts/bench_accuracy.py postprocess --tasks ph2_melanoma --run sweep/ph2_melanoma/seed-0_240ep --grid '{"seed": [0], "foreground_threshold": [null, 0.55, 0.6, 0.65, 0.7, 0.8]}' --name threshold
+    $PY scripts/bench_accuracy.py postprocess --tasks brain_tumor --run sweep/brain_tumor/seed-0_160ep --grid '{"seed": [0], "foreground_threshold": [null, 0.3, 0.4, 0.6, 0.7]}' --name threshold
+    $PY scripts/bench_accuracy.py postprocess --tasks trus_prostate --run sweep/trus_prostate/val_ignore_empty-False_val_postprocess-True_seed-0_60ep --grid '{"val_ignore_empty": [false], "val_postprocess": [true], "seed": [0], "foreground_threshold": [null, 0.3, 0.4, 0.6, 0.7]}' --name threshold
+    # PH2 per-case Dice over every 240-epoch run (the worst-case ceiling)
+    $PY scripts/bench_accuracy.py cases ph2_melanoma --name all240 --runs "$(cd benchmarks/work && ls -d sweep/ph2_melanoma/*_240ep | grep -v val_postprocess | paste -sd, -)"
+    # the threaded loader against the plain one on a CPU (GPU default only)
+    $PY scripts/bench_speed.py run --task ipmn_histology --epochs 8 --seeds 0,1 --amp True --variants '{"threadloader": {"thread_loader": true}}' --record speed_ipmn_histology_cpu_xeon_amx_threadloader
 }
 
 speed() {
